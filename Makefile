@@ -1,0 +1,45 @@
+# The two commands: `make reproduce` and `make test`. Both create .venv on first use.
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROFILE ?= smoke
+DATA    ?= data
+RESULTS ?= results
+export PYTHONUNBUFFERED := 1
+export MPLBACKEND := Agg
+
+.PHONY: reproduce test lint dataset notebooks lock clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo ">> creating $(VENV) and installing the pinned stack (about 2 minutes, once)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip==26.3" "setuptools==80.9.0"
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+## reproduce: build the embedded dataset, run every notebook with papermill, regenerate results/
+reproduce: $(STAMP)
+	$(BIN)/python -m aaclip.reproduce --profile $(PROFILE) --data $(DATA) --results $(RESULTS)
+
+## test: lint, then the whole test suite (unit, integration, notebooks)
+test: $(STAMP)
+	$(BIN)/ruff check aaclip data_prep tests
+	$(BIN)/python -m pytest -q tests ; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check aaclip data_prep tests
+
+## dataset: only build the embedded synthetic dataset
+dataset: $(STAMP)
+	$(BIN)/python -m data_prep.synthetic --out $(DATA)/synthetic
+
+## lock: re-pin requirements.lock from the current .venv
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^aaclip' > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)
