@@ -1,0 +1,240 @@
+"""Frozen CLIP backbones on open_clip: loading, tokens per level, V-V attention surgery.
+
+Weights are never downloaded: `create_clip` builds the architecture from open_clip's config
+registry (plus the tiny test configs in `aaclip/model_configs/`) and loads a local file when
+one is given, otherwise it keeps the random initialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHTS_ENV = "AACLIP_WEIGHTS"
+TINY_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(TINY_CONFIG_DIR)
+
+# The OpenAI TorchScript archive ("ViT-L-14-336.pt") is the one file that cannot be read with
+# weights_only=True; it is the documented exception and goes through torch.jit.load.
+_STATE_DICT_SUFFIXES = (".bin", ".pth", ".safetensors")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A weights file was asked for and is not there; the message says how to provide it."""
+
+
+def tiny_model_names() -> list[str]:
+    """Names of the registered tiny configs used by tests and the smoke profile."""
+    return sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json"))
+
+
+def resolve_weights(weights: str | os.PathLike | None, model_name: str) -> Path | None:
+    """Path of the weights file to load (argument, else $AACLIP_WEIGHTS), or None for random."""
+    if weights in (None, "", "random"):
+        weights = os.environ.get(WEIGHTS_ENV) or None
+        if weights is None:
+            return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"weights for {model_name} not found: expected a file at {path} "
+            f"(OpenAI TorchScript .pt, open_clip .bin/.pth or .safetensors); pass --weights PATH "
+            f"or set {WEIGHTS_ENV}=PATH"
+        )
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a CLIP state dict from safetensors, a pickled state dict or an OpenAI TorchScript."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            if path.suffix in _STATE_DICT_SUFFIXES:
+                raise
+            # OpenAI's released .pt files are TorchScript archives (see module note).
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    return state
+
+
+def create_clip(
+    name: str = "ViT-L-14-336",
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    quick_gelu: bool = False,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build an open_clip CLIP, load local weights if given, freeze it and put it in eval mode.
+
+    `image_size` overrides the config's input size; loaded positional embeddings are resized
+    (bicubic) by open_clip. `quick_gelu` defaults to False like the released AA-CLIP code.
+    """
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown backbone {name!r}; tiny test configs: {tiny_model_names()}")
+    path = resolve_weights(weights, name)
+    with _quiet("root"):  # open_clip warns "initialized randomly" before we load weights
+        model = open_clip.create_model(
+            name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
+        )
+    if path is not None:
+        state = load_state_dict(path)
+        open_clip.model.resize_pos_embed(state, model)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: does not fit {name}: {len(missing)} missing keys "
+                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+    model.requires_grad_(False).eval()
+    model.aaclip_identity = backbone_identity(model, name, path, quick_gelu)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    return model.to(device=device, dtype=dtype)
+
+
+@contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def backbone_identity(
+    model: nn.Module, name: str, weights: Path | None, quick_gelu: bool
+) -> dict[str, object]:
+    """What a checkpoint must match: architecture, input size and the weights it was trained on."""
+    visual = model.visual
+    return {
+        "name": name,
+        "image_size": int(visual.image_size[0]),
+        "vision_width": int(visual.conv1.out_channels),
+        "vision_layers": len(visual.transformer.resblocks),
+        "text_width": int(model.token_embedding.embedding_dim),
+        "embed_dim": int(model.text_projection.shape[1]),
+        "quick_gelu": bool(quick_gelu),
+        "weights": weights.name if weights is not None else "random-init",
+        "weights_sha1_prefix": _file_digest(weights) if weights is not None else None,
+    }
+
+
+def _file_digest(path: Path, limit: int = 1 << 24) -> str:
+    """SHA-1 of the first 16 MiB: enough to tell weight files apart without reading 1 GB."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        digest.update(f.read(limit))
+    return digest.hexdigest()[:12]
+
+
+def get_tokenizer(name: str):
+    """open_clip's BPE tokenizer (bundled vocabulary, no download)."""
+    return open_clip.get_tokenizer(name)
+
+
+def default_levels(depth: int) -> tuple[int, ...]:
+    """Block indices (1-based) after which patch tokens are kept: 1/4, 1/2, 3/4 and all of depth."""
+    return tuple(max(1, round(depth * k / 4)) for k in range(1, 5))
+
+
+def scaled_count(reference: int, reference_depth: int, depth: int) -> int:
+    """Scale a block count given for the paper backbone (e.g. 6 of 24) to another depth."""
+    return max(1, round(reference * depth / reference_depth))
+
+
+def patch_levels(model: nn.Module, images: torch.Tensor, levels: tuple[int, ...]) -> list:
+    """Patch tokens (B, L, D) after each 1-based block in `levels`, via open_clip's own API."""
+    out = model.visual.forward_intermediates(
+        images, indices=[lvl - 1 for lvl in levels], output_fmt="NLC", intermediates_only=True
+    )
+    return out["image_intermediates"]
+
+
+def embed_patches(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Stem of the ViT: patches + CLS + positional embedding + ln_pre, as (B, 1+L, D)."""
+    return visual._embeds(images)
+
+
+def vv_attention(
+    attn: nn.MultiheadAttention, x: torch.Tensor, axis: str = "tokens"
+) -> torch.Tensor:
+    """Value-value self-attention with the block's own value and output projections.
+
+    `axis="tokens"` attends across the tokens of each image (the intended surgery);
+    `axis="batch"` reproduces the released AA-CLIP code, which ran a batch-first attention on
+    sequence-first tensors and therefore attends across the images of the batch at each token.
+    """
+    if axis not in ("tokens", "batch"):
+        raise ValueError(f"vv_attention_axis must be 'tokens' or 'batch', got {axis!r}")
+    if axis == "batch":
+        x = x.transpose(0, 1)
+    n, s, c = x.shape
+    heads = attn.num_heads
+    bias = attn.in_proj_bias[2 * c :] if attn.in_proj_bias is not None else None
+    v = F.linear(x, attn.in_proj_weight[2 * c :], bias)
+    v = v.reshape(n, s, heads, c // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(v, v, v)
+    out = attn.out_proj(out.transpose(1, 2).reshape(n, s, c))
+    return out.transpose(0, 1) if axis == "batch" else out
+
+
+def surgery_block(block: nn.Module, x: torch.Tensor, axis: str) -> torch.Tensor:
+    """An open_clip ResidualAttentionBlock with its attention replaced by V-V attention."""
+    x = x + block.ls_1(vv_attention(block.attn, block.ln_1(x), axis))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+@torch.no_grad()
+def surgery_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    levels: tuple[int, ...],
+    surgery_blocks: int,
+    axis: str = "batch",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Stage-1 visual features: V-V-attention patch tokens per level and the CLIP image embedding.
+
+    The last `surgery_blocks` blocks run with V-V attention. The blocks before them are shared
+    by the original and the surgery path, so they run once. Returns (per-level L2-normalised
+    patch embeddings (B, L, E), L2-normalised image embedding (B, E)).
+    """
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    depth = len(blocks)
+    first_surgery = depth - surgery_blocks
+    x = embed_patches(visual, images)
+    kept: dict[int, torch.Tensor] = {}
+    for i in range(first_surgery):
+        x = blocks[i](x)
+        if i + 1 in levels:
+            kept[i + 1] = x
+    original, surgery = x, x
+    for i in range(first_surgery, depth):
+        original = blocks[i](original)
+        surgery = surgery_block(blocks[i], surgery, axis)
+        if i + 1 in levels:
+            kept[i + 1] = surgery
+    image_embedding = F.normalize(visual.ln_post(original[:, 0]) @ visual.proj, dim=-1)
+    patches = [
+        F.normalize(visual.ln_post(kept[lvl][:, 1:]) @ visual.proj, dim=-1) for lvl in levels
+    ]
+    return patches, image_embedding

@@ -1,0 +1,208 @@
+"""`aaclip prepare | train | test | predict | bench` — thin wrappers over the package."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from aaclip.config import ExperimentConfig, apply_overrides, preset
+
+CONVERTERS = ("synthetic", "mvtec", "mpdd", "visa", "btad", "bmad", "colon", "mvfa")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by inputs: printed as one line, exit status 2, no traceback."""
+    from aaclip.backbone import WeightsNotFoundError
+    from aaclip.checkpoints import CheckpointMismatchError
+    from aaclip.data import RecordError
+    from aaclip.train import TrainingDivergedError
+
+    errors: list[type[BaseException]] = [
+        WeightsNotFoundError,
+        CheckpointMismatchError,
+        RecordError,
+        TrainingDivergedError,
+        FileNotFoundError,
+        ValueError,
+    ]
+    try:
+        from data_prep._common import LayoutError
+
+        errors.append(LayoutError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    cfg = ExperimentConfig.load(args.config) if args.config else preset(args.profile)
+    overrides = list(args.set or [])
+    if getattr(args, "weights", None):
+        overrides.append(f"backbone.weights={args.weights}")
+    return apply_overrides(cfg, overrides)
+
+
+def cmd_prepare(args: argparse.Namespace, rest: list[str]) -> int:
+    module = importlib.import_module(f"data_prep.{args.dataset}")
+    sys.argv = [f"data_prep.{args.dataset}", *rest]
+    result = module.main()
+    return int(result or 0)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from aaclip.train import train
+
+    cfg = _config(args)
+    result = train(cfg, args.run, device=args.device, resume=not args.no_resume)
+    print(f"trained: {len(result.checkpoints)} new checkpoints in {result.run_dir}/checkpoints")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from aaclip.evaluate import evaluate
+    from aaclip.results import to_markdown
+    from aaclip.train import checkpoint_path, final_checkpoint
+
+    run = Path(args.run)
+    cfg = (
+        ExperimentConfig.load(run / "config.json")
+        if (run / "config.json").is_file()
+        else _config(args)
+    )
+    cfg = apply_overrides(cfg, list(args.set or []))
+    if args.checkpoint:
+        ckpts = [Path(c) for c in args.checkpoint]
+    elif args.epochs:
+        ckpts = [checkpoint_path(run, 2, int(e)) for e in args.epochs.split(",")]
+    else:
+        ckpts = [final_checkpoint(run, cfg)]
+    if len(ckpts) > 1 and not args.select_on_test:
+        print("note: several checkpoints are scored side by side; none is selected on the test set")
+    table = evaluate(
+        cfg, ckpts, run / "eval", device=args.device, selected_on_test=args.select_on_test
+    )
+    means = table[table["class_name"] == "mean"].drop(columns=["class_name"])
+    print(to_markdown(means))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from aaclip.predict import predict_files
+
+    csv_path = predict_files(
+        args.checkpoint,
+        args.images,
+        args.description,
+        args.out,
+        domain=args.domain,
+        weights=args.weights,
+        device=args.device,
+    )
+    print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from aaclip.bench import run_bench
+
+    row = run_bench(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        steps=args.steps,
+        out_dir=args.out,
+        metrics=not args.no_metrics,
+        weights=args.weights,
+    )
+    print(json.dumps(row, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aaclip", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def experiment(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--profile", default="smoke", help="preset: smoke | paper")
+        sp.add_argument("--config", help="a config JSON (overrides --profile)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override, e.g. --set train.stage2_epochs=15 (repeatable)",
+        )
+        sp.add_argument("--weights", help="local CLIP weights file (else $AACLIP_WEIGHTS)")
+        sp.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+
+    sp = sub.add_parser("prepare", help="build the synthetic set or convert a raw dataset tree")
+    sp.add_argument("dataset", choices=CONVERTERS)
+
+    sp = sub.add_parser("train", help="train both AA-CLIP stages (resumes by default)")
+    experiment(sp)
+    sp.add_argument("--run", required=True, help="run folder")
+    sp.add_argument("--no-resume", action="store_true")
+
+    sp = sub.add_parser("test", help="evaluate a run's checkpoint on its test sets")
+    experiment(sp)
+    sp.add_argument("--run", required=True)
+    sp.add_argument("--checkpoint", action="append", help="explicit checkpoint(s)")
+    sp.add_argument("--epochs", help="comma-separated stage-2 epochs, scored in one pass")
+    sp.add_argument(
+        "--select-on-test",
+        action="store_true",
+        help="mark the tables as selected on the test set (explicit opt-in)",
+    )
+
+    sp = sub.add_parser("predict", help="heat maps and scores for your own images")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--description", required=True, help="what the images show, e.g. 'bottle'")
+    sp.add_argument("--domain", default="industrial", choices=["industrial", "medical"])
+    sp.add_argument("--out", default="predictions")
+    sp.add_argument("--weights")
+    sp.add_argument("--device")
+    sp.add_argument("images", nargs="+", help="image files and/or folders")
+
+    sp = sub.add_parser("bench", help="throughput, latency and peak memory")
+    sp.add_argument("--backbone", default="ViT-L-14-336")
+    sp.add_argument("--image-size", type=int, default=518)
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    sp.add_argument("--steps", type=int, default=5)
+    sp.add_argument("--device")
+    sp.add_argument("--weights")
+    sp.add_argument("--out", default="results/bench")
+    sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" at WARNING
+    parser = build_parser()
+    if argv[:1] == ["prepare"]:
+        args, rest = parser.parse_known_args(argv)
+    else:
+        args, rest = parser.parse_args(argv), []
+    handlers = {
+        "train": cmd_train,
+        "test": cmd_test,
+        "predict": cmd_predict,
+        "bench": cmd_bench,
+    }
+    try:
+        if args.command == "prepare":
+            return cmd_prepare(args, rest)
+        return handlers[args.command](args)
+    except _user_errors() as err:
+        print(f"aaclip: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

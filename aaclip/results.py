@@ -1,0 +1,71 @@
+"""Result tables: CSV + markdown side by side, and measured numbers beside the published ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from aaclip.checkpoints import atomic_write_text
+
+PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published_results.csv"
+KEYS = ["method", "train_set", "shots", "target", "metric"]
+
+
+def write_table(df: pd.DataFrame, stem: str | Path, note: str = "", digits: int = 2) -> None:
+    """Write `stem.csv` (full precision) and `stem.md` (percent, missing shown as '–')."""
+    stem = Path(stem)
+    atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False))
+    md = to_markdown(df, digits)
+    atomic_write_text(stem.with_suffix(".md"), (f"> {note}\n\n" if note else "") + md + "\n")
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub-markdown table; metric fractions in [0, 1] are shown as percentages."""
+    shown = df.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            is_fraction = col.startswith(("image_", "pixel_"))
+            scale = 100.0 if is_fraction else 1.0
+            shown[col] = shown[col].map(
+                lambda v, s=scale: "–" if pd.isna(v) else f"{v * s:.{digits}f}"
+            )
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
+    rows = ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def load_published(path: str | Path = PUBLISHED) -> pd.DataFrame:
+    """The published numbers with their sources (results/published_results.csv)."""
+    df = pd.read_csv(path, dtype={"shots": str})
+    return df
+
+
+def beside_published(measured: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Join measured means with published numbers: measured, published and difference (points).
+
+    `measured` has columns method, train_set, shots, target, metric, value (fractions in [0, 1]).
+    Published values are percentages. Rows with no published counterpart keep NaN there.
+    """
+    published = load_published() if published is None else published
+    m = measured.copy()
+    m["shots"] = m["shots"].astype(str)
+    m["measured"] = 100.0 * m.pop("value")
+    p = published[[*KEYS, "value", "source", "confidence"]].rename(columns={"value": "published"})
+    p = p.drop_duplicates(subset=KEYS, keep="first")
+    out = m.merge(p, on=KEYS, how="left")
+    out["difference"] = out["measured"] - out["published"]
+    return out[[*KEYS, "measured", "published", "difference", "source", "confidence"]]
+
+
+def long_means(table: pd.DataFrame, method: str, train_set: str, shots: str) -> pd.DataFrame:
+    """Per-dataset 'mean' rows of an evaluation table as long (target, metric, value) rows."""
+    means = table[table["class_name"] == "mean"]
+    metric_cols = [c for c in means.columns if c.startswith(("image_", "pixel_"))]
+    long = means.melt(id_vars=["dataset"], value_vars=metric_cols, var_name="metric")
+    long = long.rename(columns={"dataset": "target"})
+    long.insert(0, "shots", str(shots))
+    long.insert(0, "train_set", train_set)
+    long.insert(0, "method", method)
+    return long
