@@ -60,7 +60,7 @@ class DataConfig:
     train_dataset: str = "VisA"
     test_records: tuple[str, ...] = ("data/MVTec/test.jsonl",)
     test_datasets: tuple[str, ...] = ("MVTec",)
-    domain: str | None = None  # None -> from the dataset table (industrial when unknown)
+    test_domains: tuple[str, ...] = ()  # per test set; empty -> dataset table (else industrial)
 
 
 @dataclass
@@ -132,8 +132,12 @@ def smoke(data_root: str = "data/synthetic") -> ExperimentConfig:
         data=DataConfig(
             train_records=f"{data_root}/train.jsonl",
             train_dataset="synthetic",
-            test_records=(f"{data_root}/test.jsonl",),
-            test_datasets=("synthetic",),
+            test_records=(
+                f"{data_root}/industrial_test.jsonl",
+                f"{data_root}/medical_test.jsonl",
+            ),
+            test_datasets=("synthetic-industrial", "synthetic-medical"),
+            test_domains=("industrial", "medical"),
         ),
         eval_batch_size=32,
     )

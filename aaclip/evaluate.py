@@ -224,13 +224,14 @@ def evaluate(
     models = load_models(cfg, list(checkpoints), dev)
     out_dir = Path(out_dir)
     tables = []
-    datasets = cfg.data.test_datasets or (None,) * len(cfg.data.test_records)
-    for records_file, dataset in zip(cfg.data.test_records, datasets, strict=True):
+    n_sets = len(cfg.data.test_records)
+    datasets = cfg.data.test_datasets or (None,) * n_sets
+    domains = cfg.data.test_domains or tuple(prompts.domain_of(d) for d in datasets)
+    for records_file, dataset, domain in zip(cfg.data.test_records, datasets, domains, strict=True):
         t0 = time.time()
         # Classification-only sets (anomalies without masks) are allowed at test time; their
         # pixel metrics are reported as missing.
         records = data.load_records(records_file, require_masks=False)
-        domain = cfg.data.domain or prompts.domain_of(dataset)
         preds = predict(
             models,
             records,

@@ -1,0 +1,226 @@
+"""`aaclip bench`: throughput, latency and peak memory of inference and training steps.
+
+Random weights run at the same speed as real ones, so no weights file is needed. Each call
+appends one row per measurement to `results/bench/bench.csv` with the device named.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import resource
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aaclip import scoring
+from aaclip.config import AAClipConfig, BackboneConfig, ExperimentConfig
+from aaclip.evaluate import _device_name
+from aaclip.train import autocast, build_model, pick_device, stage1_loss, stage2_loss
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS, KiB -> GiB
+
+
+def _timed(fn, device: torch.device, steps: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _batch(n: int, size: int, device: torch.device, classes: int = 2) -> dict:
+    masks = torch.zeros(n, 1, size, size, device=device)
+    masks[: n // 2, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+    return {
+        "image": torch.randn(n, 3, size, size, device=device),
+        "mask": masks,
+        "label": (masks.flatten(1).amax(1) > 0).long(),
+        "class_name": [f"object{i % classes}" for i in range(n)],
+    }
+
+
+def bench_model(
+    backbone: str,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    steps: int,
+    weights: str | None = None,
+    stage2_batch_size: int = 2,
+) -> list[dict]:
+    """Inference with scoring, one stage-1 step and one stage-2 step of AA-CLIP."""
+    cfg = ExperimentConfig(
+        backbone=BackboneConfig(backbone, weights, image_size, precision=precision),
+        model=AAClipConfig(class_descriptions="plain"),
+    )
+    model = build_model(cfg, device)
+    rows = []
+    batch = _batch(batch_size, image_size, device)
+    anchors = {k: v.float() for k, v in model.anchors_for(["object0", "object1"], None).items()}
+    a = anchors["object0"]
+
+    @torch.no_grad()
+    def infer():
+        with autocast(device, precision):
+            seg, det = model.encode_image(batch["image"])
+        scoring.anomaly_map(seg, a, image_size, "industrial")
+        scoring.image_probability(det, a)
+
+    model.eval()
+    _reset_peak(device)
+    t = _timed(infer, device, steps)
+    rows.append(_row("inference+scoring", batch_size, t, device))
+
+    opt1 = torch.optim.Adam(model.text_adapter.parameters(), lr=1e-5)
+
+    def step1():
+        with autocast(device, precision):
+            loss = stage1_loss(model, batch, device, None)
+        opt1.zero_grad()
+        loss.backward()
+        opt1.step()
+
+    _reset_peak(device)
+    t = _timed(step1, device, max(1, steps // 2))
+    rows.append(_row("stage1 train step", batch_size, t, device))
+
+    small = _batch(stage2_batch_size, image_size, device)
+    opt2 = torch.optim.Adam(model.image_adapter.parameters(), lr=5e-4)
+
+    def step2():
+        with autocast(device, precision):
+            loss = stage2_loss(model, small, anchors, device)
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+    _reset_peak(device)
+    t = _timed(step2, device, steps)
+    rows.append(_row("stage2 train step", stage2_batch_size, t, device))
+    return rows
+
+
+def bench_metrics(n: int = 1725, size: int = 518, seed: int = 0) -> list[dict]:
+    """Time the pixel metrics (AUROC/AP/F1-max and AUPRO) on a synthetic MVTec-size input."""
+    from aaclip import metrics
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), dtype=bool)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(0, n, 2):  # half the images get 1-3 elliptic defects
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.integers(0, size, 2)
+            ry, rx = rng.integers(3, size // 8, 2)
+            masks[i] |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    maps = rng.random((n, size, size), dtype=np.float32) + masks.astype(np.float32) * 0.5
+    rows = []
+    for name, fn in (
+        ("pixel auroc+ap+f1", lambda: metrics.pixel_metrics(maps, masks, aupro=False)),
+        ("pixel aupro", lambda: metrics.aupro(maps, masks)),
+    ):
+        t0 = time.perf_counter()
+        fn()
+        rows.append(
+            {
+                "what": f"metrics: {name}",
+                "batch_size": n,
+                "image_size": size,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+    return rows
+
+
+def _row(what: str, batch: int, times: list[float], device: torch.device) -> dict:
+    med = float(np.median(times))
+    return {
+        "what": what,
+        "batch_size": batch,
+        "latency_ms": round(1000 * med, 2),
+        "images_per_s": round(batch / med, 2),
+        "peak_mem_gib": round(_peak_gib(device), 3),
+    }
+
+
+def run_bench(
+    backbone: str = "ViT-L-14-336",
+    image_size: int = 518,
+    batch_size: int = 16,
+    device: str | None = None,
+    precision: str = "bf16",
+    steps: int = 5,
+    out_dir: str | Path = "results/bench",
+    metrics: bool = True,
+    weights: str | None = None,
+    metrics_n: int = 1725,
+) -> list[dict]:
+    """Run the benchmarks, print nothing, append rows to `out_dir/bench.csv` and return them."""
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        precision = "fp32"  # bf16 autocast is a GPU feature here
+    rows = bench_model(backbone, image_size, batch_size, dev, precision, steps, weights)
+    if metrics:
+        rows += bench_metrics(metrics_n)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    common = {
+        "date": stamp,
+        "device": _device_name(dev),
+        "backbone": backbone,
+        "precision": precision,
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+    rows = [{**common, "image_size": image_size, **r} for r in rows]
+    _append_csv(Path(out_dir) / "bench.csv", rows)
+    return rows
+
+
+FIELDS = [
+    "date",
+    "device",
+    "host",
+    "backbone",
+    "image_size",
+    "precision",
+    "what",
+    "batch_size",
+    "latency_ms",
+    "images_per_s",
+    "peak_mem_gib",
+    "seconds",
+    "torch",
+]
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)

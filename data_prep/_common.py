@@ -1,0 +1,240 @@
+"""Shared helpers for the raw-layout converters: errors, file listing, records, CLI.
+
+Every converter turns one raw dataset tree into records of the released AA-CLIP format,
+one JSON object per line::
+
+    {"image_path": str, "label": 0 | 1, "class_name": str, "mask_path": str}
+
+Paths are POSIX paths relative to the dataset root. ``mask_path`` is present only on
+anomalous records that have a pixel mask (normal records never carry the key, as in the
+released lists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+"""Recognised image suffixes, matched case-insensitively."""
+
+MAX_LISTED = 10
+"""How many missing files an error message names before it says ``(+N more)``."""
+
+Record = dict[str, object]
+
+
+class LayoutError(Exception):
+    """A raw tree does not match the layout a converter expects.
+
+    The message is one line: ``<dataset> at <root>: expected <...>, found <...>``.
+    """
+
+    def __init__(self, dataset: str, root: Path | str, expected: str, found: str) -> None:
+        self.dataset = dataset
+        self.root = Path(root)
+        self.expected = expected
+        self.found = found
+        message = f"{dataset} at {root}: expected {expected}, found {found}"
+        super().__init__(message.replace("\r", " ").replace("\n", " "))
+
+
+def is_image(path: Path) -> bool:
+    """True for a visible file whose suffix is an image extension (any case)."""
+    return (
+        path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    )
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name ([] if it is absent)."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if is_image(p)), key=lambda p: p.name)
+
+
+def list_dirs(folder: Path) -> list[Path]:
+    """The visible sub-folders of ``folder``, sorted by name ([] if it is absent)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def stem_index(folder: Path) -> dict[str, list[Path]]:
+    """Map each image stem in ``folder`` to its files, ``.png`` first, then by name."""
+    index: dict[str, list[Path]] = {}
+    for path in list_images(folder):
+        index.setdefault(path.stem, []).append(path)
+    for paths in index.values():
+        paths.sort(key=lambda p: (p.suffix.lower() != ".png", p.name))
+    return index
+
+
+def find_mask(index: dict[str, list[Path]], image: Path, suffix: str = "") -> Path | None:
+    """The mask for ``image`` in a :func:`stem_index`: same name first, else same stem.
+
+    ``suffix`` is appended to the image stem (``"_mask"`` for MVTec-style trees).
+    """
+    candidates = index.get(image.stem + suffix, [])
+    if not suffix:
+        for path in candidates:
+            if path.name == image.name:
+                return path
+    return candidates[0] if candidates else None
+
+
+def rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string."""
+    return path.relative_to(root).as_posix()
+
+
+def make_record(
+    image_path: str, label: int, class_name: str, mask_path: str | None = None
+) -> Record:
+    """One record; ``mask_path`` only when given (normal records never carry it)."""
+    record: Record = {"image_path": image_path, "label": int(label), "class_name": class_name}
+    if mask_path:
+        record["mask_path"] = mask_path
+    return record
+
+
+def record_key(record: Record) -> tuple[str, str, int, str]:
+    """Deterministic sort key: class, image path, label, mask path."""
+    return (
+        str(record["class_name"]),
+        str(record["image_path"]),
+        int(record["label"]),  # type: ignore[call-overload]
+        str(record.get("mask_path", "")),
+    )
+
+
+def sort_records(records: Iterable[Record]) -> list[Record]:
+    """Records sorted with :func:`record_key`."""
+    return sorted(records, key=record_key)
+
+
+def format_missing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """``"3 missing: a, b, c"``, naming at most ``limit`` items then ``(+N more)``."""
+    shown = ", ".join(items[:limit])
+    more = len(items) - limit
+    return f"{len(items)} missing: {shown}" + (f" (+{more} more)" if more > 0 else "")
+
+
+def require_dir(dataset: str, root: Path, folder: Path, expected: str) -> None:
+    """Raise :class:`LayoutError` unless ``folder`` (inside ``root``) is a directory.
+
+    The message names the first missing path component and the folders that are there.
+    """
+    if folder.is_dir():
+        return
+    if not root.is_dir():
+        raise LayoutError(dataset, root, expected, "no such folder")
+    missing = folder
+    while missing.parent != root and not missing.parent.is_dir():
+        missing = missing.parent
+    parent = missing.parent
+    where = "the root" if parent == root else f"'{rel(parent, root)}'"
+    kind = "a file, not a folder," if missing.exists() else "no"
+    listing = ", ".join(p.name for p in list_dirs(parent)[:MAX_LISTED]) or "none"
+    raise LayoutError(
+        dataset,
+        root,
+        expected,
+        f"{kind} '{missing.name}' under {where} (folders there: {listing})",
+    )
+
+
+def check_missing(dataset: str, root: Path, expected: str, missing: Sequence[str]) -> None:
+    """Raise one :class:`LayoutError` listing every missing file, if there are any."""
+    if missing:
+        raise LayoutError(dataset, root, expected, format_missing(list(missing)))
+
+
+def write_records(path: Path | str, records: Iterable[Record]) -> int:
+    """Write ``records`` as sorted JSONL to ``path`` atomically; return the count.
+
+    The file is written to a temporary file in the same folder and moved into place with
+    :func:`os.replace`, so readers never see a half-written list.
+    """
+    path = Path(path)
+    rows = sort_records(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(rows)
+
+
+def read_records(path: Path | str) -> list[Record]:
+    """Read a JSONL record file (blank lines ignored)."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def summary(dataset: str, path: Path, records: Sequence[Record]) -> str:
+    """One-line summary: record, class and anomalous counts and the output path."""
+    classes = {r["class_name"] for r in records}
+    anomalous = sum(1 for r in records if r["label"] == 1)
+    return (
+        f"{dataset}: wrote {len(records)} records, {len(classes)} classes, "
+        f"{anomalous} anomalous -> {path}"
+    )
+
+
+Outputs = dict[Path, list[Record]]
+
+
+def run_cli(
+    dataset: str,
+    convert: Callable[[argparse.Namespace], list[Record]],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    description: str | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    extra_outputs: Callable[[argparse.Namespace, Path], Outputs] | None = None,
+) -> int:
+    """Shared CLI: ``--root RAW_ROOT [--out OUT.jsonl]`` plus converter-specific options.
+
+    ``--out`` defaults to ``RAW_ROOT/test.jsonl``. Everything is converted and validated
+    before anything is written. Prints one summary line per written file and returns 0;
+    on a :class:`LayoutError` prints its one-line message to stderr and returns 2.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--root", type=Path, required=True, help="raw dataset root")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output JSONL (default: ROOT/test.jsonl)"
+    )
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    out: Path = args.out if args.out is not None else args.root / "test.jsonl"
+    try:
+        outputs: Outputs = {out: convert(args)}
+        if extra_outputs is not None:
+            outputs.update(extra_outputs(args, out))
+    except LayoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, records in outputs.items():
+        try:
+            write_records(path, records)
+        except OSError as exc:
+            print(f"error: cannot write {path}: {exc}", file=sys.stderr)
+            return 1
+        print(summary(dataset, path, records))
+    return 0

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny random CLIP and the embedded synthetic dataset, built once."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+logging.getLogger().setLevel(logging.ERROR)
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from aaclip.backbone import create_clip
+
+    torch.manual_seed(0)
+    return create_clip("aaclip-tiny", image_size=64)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from data_prep.synthetic import build
+
+    root = tmp_path_factory.mktemp("synthetic")
+    build(root, seed=0)
+    return root

@@ -1,0 +1,160 @@
+"""Backbone loading (local files only), tiny configs, level scaling and V-V attention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from aaclip import backbone as bb
+
+
+def test_tiny_configs_registered():
+    assert "aaclip-tiny" in bb.tiny_model_names()
+    import open_clip
+
+    assert "aaclip-tiny" in open_clip.list_models()
+
+
+@pytest.mark.parametrize(
+    ("depth", "levels"), [(24, (6, 12, 18, 24)), (12, (3, 6, 9, 12)), (4, (1, 2, 3, 4))]
+)
+def test_levels_scale_with_depth(depth, levels):
+    assert bb.default_levels(depth) == levels
+
+
+def test_scaled_counts_match_paper_at_full_depth():
+    assert bb.scaled_count(6, 24, 24) == 6
+    assert bb.scaled_count(19, 24, 24) == 19
+    assert bb.scaled_count(3, 12, 4) == 1
+
+
+def test_random_init_is_frozen_and_eval(tiny_clip):
+    assert not any(p.requires_grad for p in tiny_clip.parameters())
+    assert not tiny_clip.training
+    assert tiny_clip.aaclip_identity["weights"] == "random-init"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin", ".pt"])
+def test_local_weights_roundtrip(tmp_path, tiny_clip, suffix):
+    state = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    torch.manual_seed(123)  # a different random init, overwritten by the file
+    model = bb.create_clip("aaclip-tiny", weights=path, image_size=64)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert model.aaclip_identity["weights"] == path.name
+
+
+def test_torchscript_archive_is_the_documented_exception(tmp_path, tiny_clip):
+    """OpenAI's .pt files are TorchScript archives: weights_only cannot read them."""
+
+    class Holder(torch.nn.Module):
+        def __init__(self, state):
+            super().__init__()
+            for i, (k, v) in enumerate(state.items()):
+                self.register_buffer(f"b{i}", v.clone())
+            self.names = list(state)
+
+        def forward(self, x):
+            return x
+
+    state = tiny_clip.state_dict()
+    scripted = torch.jit.script(Holder(state))
+    path = tmp_path / "openai.pt"
+    scripted.save(str(path))
+    loaded = bb.load_state_dict(path)
+    assert len(loaded) == len(state)
+
+
+def test_image_size_override_resizes_positional_embedding(tmp_path, tiny_clip):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip.state_dict().items()}, str(path))
+    big = bb.create_clip("aaclip-tiny", weights=path, image_size=96)
+    assert big.visual.positional_embedding.shape[0] == (96 // 8) ** 2 + 1
+    assert torch.equal(big.visual.positional_embedding[0], tiny_clip.visual.positional_embedding[0])
+    assert big.aaclip_identity["image_size"] == 96
+
+
+def test_wrong_weights_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"something": torch.zeros(3)}, str(path))
+    with pytest.raises(ValueError, match="other.safetensors.*does not fit aaclip-tiny"):
+        bb.create_clip("aaclip-tiny", weights=path, image_size=64)
+
+
+def test_missing_weights_message_names_file_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv(bb.WEIGHTS_ENV, raising=False)
+    missing = tmp_path / "ViT-L-14-336.pt"
+    with pytest.raises(bb.WeightsNotFoundError) as err:
+        bb.create_clip("ViT-L-14-336", weights=missing)
+    msg = str(err.value)
+    assert str(missing) in msg and bb.WEIGHTS_ENV in msg and "--weights" in msg
+
+
+def test_missing_weights_cli_exit_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "aaclip.cli", "bench", "--backbone", "aaclip-tiny",
+         "--image-size", "64", "--weights", str(tmp_path / "nope.pt"), "--no-metrics",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "nope.pt" in proc.stderr and bb.WEIGHTS_ENV in proc.stderr
+
+
+def test_quick_gelu_switch():
+    gelu = bb.create_clip("aaclip-tiny", image_size=64)
+    quick = bb.create_clip("aaclip-tiny", image_size=64, quick_gelu=True)
+    act = gelu.visual.transformer.resblocks[0].mlp.gelu
+    qact = quick.visual.transformer.resblocks[0].mlp.gelu
+    assert type(act) is torch.nn.GELU
+    assert type(qact).__name__ == "QuickGELU"
+
+
+def test_patch_levels_via_open_clip(tiny_clip):
+    x = torch.randn(2, 3, 64, 64)
+    levels = bb.patch_levels(tiny_clip, x, (1, 2, 3, 4))
+    assert len(levels) == 4 and levels[0].shape == (2, 64, 64)
+
+
+def test_vv_attention_batch_axis_mixes_images_tokens_axis_does_not(tiny_clip):
+    attn = tiny_clip.visual.transformer.resblocks[-1].attn
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 64)
+    for axis, independent in (("tokens", True), ("batch", False)):
+        alone = bb.vv_attention(attn, x[:1], axis)
+        together = bb.vv_attention(attn, x, axis)[:1]
+        assert torch.allclose(alone, together, atol=1e-6) == independent, axis
+
+
+def test_vv_attention_batch_axis_at_batch_one_is_value_projection(tiny_clip):
+    attn = tiny_clip.visual.transformer.resblocks[0].attn
+    x = torch.randn(1, 7, 64)
+    c = 64
+    v = torch.nn.functional.linear(x, attn.in_proj_weight[2 * c :], attn.in_proj_bias[2 * c :])
+    assert torch.allclose(bb.vv_attention(attn, x, "batch"), attn.out_proj(v), atol=1e-6)
+
+
+def test_vv_attention_rejects_unknown_axis(tiny_clip):
+    with pytest.raises(ValueError, match="vv_attention_axis"):
+        bb.vv_attention(tiny_clip.visual.transformer.resblocks[0].attn, torch.zeros(1, 2, 64), "x")
+
+
+def test_surgery_shares_prefix_and_returns_unit_features(tiny_clip):
+    x = torch.randn(2, 3, 64, 64)
+    patches, emb = bb.surgery_features(tiny_clip, x, (1, 2, 3, 4), surgery_blocks=3)
+    assert len(patches) == 4 and patches[0].shape == (2, 64, 64)
+    assert torch.allclose(patches[2].norm(dim=-1), torch.ones(2, 64), atol=1e-5)
+    # the image embedding is CLIP's own (unaltered) image embedding
+    ref = torch.nn.functional.normalize(tiny_clip.encode_image(x), dim=-1)
+    assert torch.allclose(emb, ref, atol=1e-5)
