@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +25,6 @@ open_clip.add_model_config(TINY_CONFIG_DIR)
 
 # The OpenAI TorchScript archive ("ViT-L-14-336.pt") is the one file that cannot be read with
 # weights_only=True; it is the documented exception and goes through torch.jit.load.
-_STATE_DICT_SUFFIXES = (".bin", ".pth", ".safetensors")
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -58,20 +58,25 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         state = load_file(str(path))
+    elif _is_torchscript(path):
+        # OpenAI's released .pt files are TorchScript archives (see module note).
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            if path.suffix in _STATE_DICT_SUFFIXES:
-                raise
-            # OpenAI's released .pt files are TorchScript archives (see module note).
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
     return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip holding a `code/` folder."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in name or name.startswith("code/") for name in z.namelist())
 
 
 def create_clip(
@@ -81,16 +86,20 @@ def create_clip(
     quick_gelu: bool = False,
     precision: str = "fp32",
     device: str | torch.device = "cpu",
+    init_seed: int = 0,
 ) -> nn.Module:
     """Build an open_clip CLIP, load local weights if given, freeze it and put it in eval mode.
 
     `image_size` overrides the config's input size; loaded positional embeddings are resized
     (bicubic) by open_clip. `quick_gelu` defaults to False like the released AA-CLIP code.
+    Without weights the random initialisation is drawn from `init_seed` alone, so the same
+    random backbone is rebuilt in every process (training, evaluation, prediction).
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown backbone {name!r}; tiny test configs: {tiny_model_names()}")
     path = resolve_weights(weights, name)
-    with _quiet("root"):  # open_clip warns "initialized randomly" before we load weights
+    with _quiet("root"), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)  # open_clip warns "initialized randomly": silenced
         model = open_clip.create_model(
             name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
         )
@@ -104,7 +113,7 @@ def create_clip(
                 f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
     model.requires_grad_(False).eval()
-    model.aaclip_identity = backbone_identity(model, name, path, quick_gelu)
+    model.aaclip_identity = backbone_identity(model, name, path, quick_gelu, init_seed)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     return model.to(device=device, dtype=dtype)
 
@@ -121,7 +130,7 @@ def _quiet(logger: str):
 
 
 def backbone_identity(
-    model: nn.Module, name: str, weights: Path | None, quick_gelu: bool
+    model: nn.Module, name: str, weights: Path | None, quick_gelu: bool, init_seed: int = 0
 ) -> dict[str, object]:
     """What a checkpoint must match: architecture, input size and the weights it was trained on."""
     visual = model.visual
@@ -133,7 +142,7 @@ def backbone_identity(
         "text_width": int(model.token_embedding.embedding_dim),
         "embed_dim": int(model.text_projection.shape[1]),
         "quick_gelu": bool(quick_gelu),
-        "weights": weights.name if weights is not None else "random-init",
+        "weights": weights.name if weights is not None else f"random-init-seed{init_seed}",
         "weights_sha1_prefix": _file_digest(weights) if weights is not None else None,
     }
 

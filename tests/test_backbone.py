@@ -35,7 +35,17 @@ def test_scaled_counts_match_paper_at_full_depth():
 def test_random_init_is_frozen_and_eval(tiny_clip):
     assert not any(p.requires_grad for p in tiny_clip.parameters())
     assert not tiny_clip.training
-    assert tiny_clip.aaclip_identity["weights"] == "random-init"
+    assert tiny_clip.aaclip_identity["weights"] == "random-init-seed0"
+
+
+def test_random_backbone_is_the_same_in_every_process_state():
+    torch.manual_seed(1)
+    a = bb.create_clip("aaclip-tiny", image_size=64)
+    torch.randn(100)
+    b = bb.create_clip("aaclip-tiny", image_size=64)
+    c = bb.create_clip("aaclip-tiny", image_size=64, init_seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.visual.conv1.weight, c.visual.conv1.weight)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin", ".pt"])
@@ -59,7 +69,7 @@ def test_torchscript_archive_is_the_documented_exception(tmp_path, tiny_clip):
     class Holder(torch.nn.Module):
         def __init__(self, state):
             super().__init__()
-            for i, (k, v) in enumerate(state.items()):
+            for i, v in enumerate(state.values()):
                 self.register_buffer(f"b{i}", v.clone())
             self.names = list(state)
 

@@ -345,6 +345,13 @@ def test_truncated_equals_full_sort() -> None:
         maps, masks = make_case(seed=20 + seed, n=10, size=48)
         full = M.pixel_metrics(maps, masks)["pixel_aupro"]
         assert M.aupro(maps, masks) == pytest.approx(full, abs=1e-12)
+    rid, sizes = M.label_regions(masks)
+    ops = M._NumpyOps()
+    stats = M._curve_stats(ops, maps.ravel(), masks.ravel(), rid, sizes, fpr_limit=0.3)
+    assert stats.truncated and stats.neg_covered < stats.n_neg
+    assert stats.aupro(0.3) == pytest.approx(full, abs=1e-12)
+    with pytest.raises(ValueError, match="truncated"):
+        stats.auroc()
 
 
 def test_aupro_undefined_is_nan() -> None:
@@ -406,6 +413,18 @@ def test_packed_sort_matches_argsort() -> None:
         np.testing.assert_allclose(np.sort(w[vals == v]), np.sort(region_w[rid[x == v]]))
     vals64, _ = ops.sort_desc_weighted(x.astype(np.float64), rid, region_w)  # argsort path
     np.testing.assert_array_equal(vals64, vals.astype(np.float64))
+
+
+def test_top_k_with_ties() -> None:
+    rng = np.random.default_rng(22)
+    x = np.round(rng.random(1000) * 7).astype(np.float32)
+    for k in (1, 7, 300, 301, 999, 1000):
+        top, cut = M._NumpyOps().top_k_with_ties(x.copy(), k)
+        assert cut == np.sort(x)[::-1][k - 1]
+        np.testing.assert_array_equal(np.sort(top), np.sort(x[x >= cut]))
+        top_t, cut_t = M._TorchOps("cpu").top_k_with_ties(torch.from_numpy(x), k)
+        assert float(cut_t) == cut
+        np.testing.assert_array_equal(np.sort(top_t.numpy()), np.sort(top))
 
 
 # --------------------------------------------------------------------------- torch backend
