@@ -111,10 +111,23 @@ def test_missing_weights_message_names_file_and_env(tmp_path, monkeypatch):
 
 def test_missing_weights_cli_exit_2_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "aaclip.cli", "bench", "--backbone", "aaclip-tiny",
-         "--image-size", "64", "--weights", str(tmp_path / "nope.pt"), "--no-metrics",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "aaclip.cli",
+            "bench",
+            "--backbone",
+            "aaclip-tiny",
+            "--image-size",
+            "64",
+            "--weights",
+            str(tmp_path / "nope.pt"),
+            "--no-metrics",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -39,6 +39,7 @@ def trained(synthetic_root, tmp_path_factory):
             f'data.test_records=["{test_subset}"]',
             'data.test_datasets=["synthetic-industrial"]',
             'data.test_domains=["industrial"]',
+            "backbone.image_size=64",
             "train.stage1_epochs=1",
             "train.stage2_epochs=2",
         ],
@@ -63,8 +64,17 @@ def test_tables_run_record_and_smoke_note(trained, tmp_path):
     evaluate(cfg, [tr.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
     stem = tmp_path / "stage2_epoch002" / "synthetic-industrial"
     record = json.loads((stem / "run.json").read_text())
-    for key in ("config", "backbone", "dataset", "n_records", "git_revision", "versions",
-                "device", "wall_time_s", "per_class"):
+    for key in (
+        "config",
+        "backbone",
+        "dataset",
+        "n_records",
+        "git_revision",
+        "versions",
+        "device",
+        "wall_time_s",
+        "per_class",
+    ):
         assert key in record, key
     assert record["n_records"] == 24
     md = (stem / "metrics.md").read_text()
@@ -105,9 +115,18 @@ def test_cli_test_on_empty_record_file_is_one_line_exit_2(trained, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "aaclip.cli", "test", "--run", str(run),
-         "--set", f'data.test_records=["{empty}"]'],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "aaclip.cli",
+            "test",
+            "--run",
+            str(run),
+            "--set",
+            f'data.test_records=["{empty}"]',
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "no records" in proc.stderr
@@ -117,7 +136,8 @@ def test_cli_test_prints_means(trained):
     cfg, run = trained
     proc = subprocess.run(
         [sys.executable, "-m", "aaclip.cli", "test", "--run", str(run), "--epochs", "1,2"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert "stage2_epoch001" in proc.stdout and "stage2_epoch002" in proc.stdout
@@ -143,9 +163,20 @@ def test_predict_folder_and_single_image(trained, tmp_path, synthetic_root):
 def test_predict_cli_missing_image_exit_2(trained, tmp_path):
     _, run = trained
     proc = subprocess.run(
-        [sys.executable, "-m", "aaclip.cli", "predict", "--checkpoint",
-         str(tr.checkpoint_path(run, 2, 2)), "--description", "grass", "--out", str(tmp_path),
-         str(tmp_path / "missing.png")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "aaclip.cli",
+            "predict",
+            "--checkpoint",
+            str(tr.checkpoint_path(run, 2, 2)),
+            "--description",
+            "grass",
+            "--out",
+            str(tmp_path),
+            str(tmp_path / "missing.png"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "missing.png" in proc.stderr

@@ -16,14 +16,15 @@ from aaclip.config import apply_overrides, preset
 def small_config(root, tmp_path, n=16, **over):
     """Smoke config on a 16-image subset of the synthetic training set."""
     records = data.load_records(root / "train.jsonl")
-    picked = [r for r in records if r.label == 1][: n // 2] + [
-        r for r in records if r.label == 0
-    ][: n // 2]
+    picked = [r for r in records if r.label == 1][: n // 2] + [r for r in records if r.label == 0][
+        : n // 2
+    ]
     subset = root / f"subset{n}.jsonl"
     data.write_records(subset, picked)
     cfg = preset("smoke", data_root=str(root))
     overrides = [
         f"data.train_records={subset}",
+        "backbone.image_size=64",
         "train.stage1_epochs=1",
         "train.stage2_epochs=2",
         "train.stage1_batch_size=8",
