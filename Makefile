@@ -27,7 +27,7 @@ reproduce: $(STAMP)
 ## test: lint, then the whole test suite (unit, integration, notebooks)
 test: $(STAMP)
 	$(BIN)/ruff check aaclip data_prep tests
-	$(BIN)/python -m pytest -q tests ; rc=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests ; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

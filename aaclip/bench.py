@@ -71,6 +71,8 @@ def bench_model(
     steps: int,
     weights: str | None = None,
     stage2_batch_size: int = 2,
+    train: bool = True,
+    warmup: int = 1,
 ) -> list[dict]:
     """Inference with scoring, one stage-1 step and one stage-2 step of AA-CLIP."""
     cfg = ExperimentConfig(
@@ -92,8 +94,10 @@ def bench_model(
 
     model.eval()
     _reset_peak(device)
-    t = _timed(infer, device, steps)
+    t = _timed(infer, device, steps, warmup)
     rows.append(_row("inference+scoring", batch_size, t, device))
+    if not train:
+        return rows
 
     opt1 = torch.optim.Adam(model.text_adapter.parameters(), lr=1e-5)
 
@@ -105,7 +109,7 @@ def bench_model(
         opt1.step()
 
     _reset_peak(device)
-    t = _timed(step1, device, max(1, steps // 2))
+    t = _timed(step1, device, max(1, steps // 2), warmup)
     rows.append(_row("stage1 train step", batch_size, t, device))
 
     small = _batch(stage2_batch_size, image_size, device)
@@ -119,7 +123,7 @@ def bench_model(
         opt2.step()
 
     _reset_peak(device)
-    t = _timed(step2, device, steps)
+    t = _timed(step2, device, steps, warmup)
     rows.append(_row("stage2 train step", stage2_batch_size, t, device))
     return rows
 
@@ -177,12 +181,24 @@ def run_bench(
     metrics: bool = True,
     weights: str | None = None,
     metrics_n: int = 1725,
+    train: bool = True,
+    warmup: int = 1,
 ) -> list[dict]:
     """Run the benchmarks, print nothing, append rows to `out_dir/bench.csv` and return them."""
     dev = pick_device(device)
     if dev.type == "cpu":
         precision = "fp32"  # bf16 autocast is a GPU feature here
-    rows = bench_model(backbone, image_size, batch_size, dev, precision, steps, weights)
+    rows = bench_model(
+        backbone,
+        image_size,
+        batch_size,
+        dev,
+        precision,
+        steps,
+        weights,
+        train=train,
+        warmup=warmup,
+    )
     if metrics:
         rows += bench_metrics(metrics_n)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")

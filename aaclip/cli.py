@@ -74,10 +74,17 @@ def cmd_test(args: argparse.Namespace) -> int:
         else _config(args)
     )
     cfg = apply_overrides(cfg, list(args.set or []))
+    from aaclip import protocols
+
     if args.checkpoint:
         ckpts = [Path(c) for c in args.checkpoint]
     elif args.epochs:
         ckpts = [checkpoint_path(run, 2, int(e)) for e in args.epochs.split(",")]
+    elif args.select_on:
+        ckpts = [protocols.select_on_validation(cfg, run, args.select_on)]
+        print(f"selected on {args.select_on}: {ckpts[0].name}")
+    elif args.select_on_test:
+        ckpts = protocols.stage2_checkpoints(run, cfg)
     else:
         ckpts = [final_checkpoint(run, cfg)]
     if len(ckpts) > 1 and not args.select_on_test:
@@ -85,6 +92,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     table = evaluate(
         cfg, ckpts, run / "eval", device=args.device, selected_on_test=args.select_on_test
     )
+    if args.select_on_test:
+        best = protocols.select_epoch(table)
+        print(f"SELECTED ON THE TEST SET (optimistic): {best}")
+        table = table[table["checkpoint"] == best]
     means = table[table["class_name"] == "mean"].drop(columns=["class_name"])
     print(to_markdown(means))
     return 0
@@ -154,9 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", action="append", help="explicit checkpoint(s)")
     sp.add_argument("--epochs", help="comma-separated stage-2 epochs, scored in one pass")
     sp.add_argument(
+        "--select-on", metavar="VAL.jsonl", help="choose the stage-2 epoch on this validation split"
+    )
+    sp.add_argument(
         "--select-on-test",
         action="store_true",
-        help="mark the tables as selected on the test set (explicit opt-in)",
+        help="choose the epoch on the test set (optimistic; every table it writes is marked)",
     )
 
     sp = sub.add_parser("predict", help="heat maps and scores for your own images")
@@ -177,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device")
     sp.add_argument("--weights")
     sp.add_argument("--out", default="results/bench")
+    sp.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    sp.add_argument("--no-train", action="store_true", help="time inference only")
     sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
+    sp.add_argument("--metrics-n", type=int, default=1725, help="maps of 518² for the metrics")
     return p
 
 

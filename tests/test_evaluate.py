@@ -180,3 +180,26 @@ def test_predict_cli_missing_image_exit_2(trained, tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "missing.png" in proc.stderr
+
+
+def test_select_on_validation_returns_a_checkpoint_of_the_run(trained, synthetic_root):
+    from aaclip import protocols
+
+    cfg, run = trained
+    best = protocols.select_on_validation(cfg, run, str(synthetic_root / "eval_test.jsonl"))
+    assert best in protocols.stage2_checkpoints(run, cfg)
+
+
+def test_select_on_test_is_explicit_and_marks_every_table(trained):
+    cfg, run = trained
+    proc = subprocess.run(
+        [sys.executable, "-m", "aaclip.cli", "test", "--run", str(run), "--select-on-test"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SELECTED ON THE TEST SET" in proc.stdout
+    for md in (run / "eval").rglob("metrics.md"):
+        assert "CHECKPOINT SELECTED ON THE TEST SET" in md.read_text()
+    for rec in (run / "eval").rglob("run.json"):
+        assert json.loads(rec.read_text())["selected_on_test"] is True
