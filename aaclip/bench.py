@@ -82,7 +82,8 @@ def bench_model(
     model = build_model(cfg, device)
     rows = []
     batch = _batch(batch_size, image_size, device)
-    anchors = {k: v.float() for k, v in model.anchors_for(["object0", "object1"], None).items()}
+    with torch.no_grad():  # stage 2 uses fixed anchors, as in training
+        anchors = {k: v.float() for k, v in model.anchors_for(["object0", "object1"], None).items()}
     a = anchors["object0"]
 
     @torch.no_grad()

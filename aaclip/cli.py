@@ -117,6 +117,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from aaclip import checkpoints as ck
+    from aaclip.train import build_model, pick_device
+
+    cfg = _config(args)
+    model = build_model(cfg, pick_device("cpu"))
+    ck.load_released(model, args.text, args.image)
+    meta = {
+        "method": "aaclip",
+        "stage": 2 if args.image else 1,
+        "epoch": None,
+        "imported_from": [str(p) for p in (args.text, args.image) if p],
+        "backbone": model.clip.aaclip_identity,
+        "config": cfg.to_dict(),
+    }
+    ck.save_adapters(args.out, model.adapter_state(), meta)
+    print(f"wrote {args.out} (use it with `aaclip test --checkpoint` or `aaclip predict`)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from aaclip.bench import run_bench
 
@@ -182,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device")
     sp.add_argument("images", nargs="+", help="image files and/or folders")
 
+    sp = sub.add_parser(
+        "import-released", help="convert the authors' text_adapter.pth / image_adapter_N.pth"
+    )
+    experiment(sp)
+    sp.add_argument("--text", help="text_adapter.pth (stage 1)")
+    sp.add_argument("--image", help="image_adapter_N.pth (stage 2)")
+    sp.add_argument("--out", required=True, help="our .safetensors checkpoint to write")
+
     sp = sub.add_parser("bench", help="throughput, latency and peak memory")
     sp.add_argument("--backbone", default="ViT-L-14-336")
     sp.add_argument("--image-size", type=int, default=518)
@@ -211,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "test": cmd_test,
         "predict": cmd_predict,
         "bench": cmd_bench,
+        "import-released": cmd_import,
     }
     try:
         if args.command == "prepare":
