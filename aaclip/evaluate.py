@@ -85,9 +85,14 @@ def predict(
     device: torch.device | None = None,
     precision: str = "fp32",
     progress: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, dict[str, ClassPredictions]]:
-    """Maps and scores per model and class, each class normalised over its own images."""
+    """Maps and scores per model and class, each class normalised over its own images.
+
+    On a GPU the maps stay on it, so the metrics run there too (torch backend).
+    """
     device = device or next(iter(models.values())).clip.token_embedding.weight.device
+    keep = device if device.type == "cuda" else torch.device("cpu")
     out: dict[str, dict[str, ClassPredictions]] = {name: {} for name in models}
     classes = data.class_names(records)
     bar = tqdm(total=len(records), desc=f"evaluate {dataset}", disable=not progress)
@@ -98,7 +103,10 @@ def predict(
             for name, m in models.items()
         }
         loader = DataLoader(
-            data.RecordDataset(subset, root, image_size, augment="none"), batch_size=batch_size
+            data.RecordDataset(subset, root, image_size, augment="none"),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
         )
         maps = {name: [] for name in models}
         probs = {name: [] for name in models}
@@ -108,9 +116,10 @@ def predict(
             for name, model in models.items():
                 with autocast(device, precision):
                     seg, det = model.encode_image(images)
-                maps[name].append(scoring.anomaly_map(seg, anchors[name], image_size, domain).cpu())
-                probs[name].append(scoring.image_probability(det, anchors[name]).cpu())
-            masks.append(batch["mask"][:, 0] > 0.5)
+                amap = scoring.anomaly_map(seg, anchors[name], image_size, domain)
+                maps[name].append(amap.to(keep))
+                probs[name].append(scoring.image_probability(det, anchors[name]).to(keep))
+            masks.append((batch["mask"][:, 0] > 0.5).to(keep))
             labels.append(batch["label"].numpy())
             paths.extend(batch["image_path"])
             bar.update(len(images))
@@ -133,7 +142,7 @@ def class_metrics(pred: ClassPredictions, aupro: bool = True) -> dict[str, float
             "image metrics are undefined and reported as missing",
             stacklevel=2,
         )
-    row.update(metrics.image_metrics(pred.scores.numpy(), labels))
+    row.update(metrics.image_metrics(pred.scores.cpu().numpy(), labels))
     if pred.has_masks:
         row.update(metrics.pixel_metrics(pred.maps, pred.masks, aupro=aupro))
     else:
@@ -243,6 +252,7 @@ def evaluate(
             dev,
             cfg.backbone.precision,
             progress,
+            cfg.train.num_workers,
         )
         wall = time.time() - t0
         for name, per_class in preds.items():

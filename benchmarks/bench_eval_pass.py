@@ -1,0 +1,64 @@
+"""Scoring several checkpoints in one pass vs one pass each (prints the figures).
+
+    python benchmarks/bench_eval_pass.py [--data data/synthetic] [--size 128] [--n 3]
+
+Builds the embedded dataset if needed and `n` checkpoints of the smoke model with different
+random adapters, then times `evaluate` on all of them at once and on each alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from aaclip import checkpoints as ck
+from aaclip.config import apply_overrides, preset
+from aaclip.evaluate import evaluate
+from aaclip.train import build_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", type=Path, default=Path("data/synthetic"))
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--n", type=int, default=3)
+    p.add_argument("--backbone", default="aaclip-tiny")
+    args = p.parse_args()
+    if not (args.data / "dataset.json").is_file():
+        from data_prep.synthetic import build
+
+        build(args.data)
+    cfg = apply_overrides(
+        preset("smoke", data_root=str(args.data)),
+        [f"backbone.image_size={args.size}", f"backbone.name={args.backbone}"],
+    )
+    tmp = Path(tempfile.mkdtemp())
+    ckpts = []
+    for i in range(args.n):
+        torch.manual_seed(i)
+        model = build_model(cfg, torch.device("cpu"))
+        path = tmp / f"ckpt{i}.safetensors"
+        meta = {"stage": 2, "backbone": model.clip.aaclip_identity, "config": cfg.to_dict()}
+        ck.save_adapters(path, model.adapter_state(), meta)
+        ckpts.append(path)
+    for aupro in (False, True):
+        t0 = time.perf_counter()
+        evaluate(cfg, ckpts, tmp / "together", progress=False, aupro=aupro)
+        together = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for c in ckpts:
+            evaluate(cfg, [c], tmp / c.stem, progress=False, aupro=aupro)
+        apart = time.perf_counter() - t0
+        print(
+            f"{args.backbone} @ {args.size}px, {args.n} checkpoints, aupro={aupro}: "
+            f"one pass {together:.1f} s, {args.n} single passes {apart:.1f} s "
+            f"(ratio {together / apart:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
