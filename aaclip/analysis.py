@@ -6,11 +6,12 @@ package: training is `aaclip.train`, scoring `aaclip.evaluate`, metrics `aaclip.
 
 Contents, in notebook order:
 - set-up: `repo_root`, `setup` (config of a profile, paths, `require_inputs`), `Notebook`
-  (where figures, tables, run folders and the summary JSON go);
+  (where figures, tables, run folders and the summary JSON go), `eval_sets`;
 - 01: `anchor_cosines`, `patch_score_samples`, `score_separation`;
-- 02/03: `read_train_log`, `anchor_comparison`, `predict_test_sets`, `qualitative_grid`;
-- 04: `with_method`, `mean_rows`;
-- 05: `ablation_variants`, `run_variant`, `ablation_table`;
+- 02/03: `read_train_log`, `plot_loss`, `initial_model`, `anchor_comparison`,
+  `predict_test_sets`, `qualitative_grid`;
+- 04: `with_method`, `mean_rows`, `shots_label`;
+- 05: `ablation_config`, `ablation_variants`, `run_variant`, `ablation_table`;
 - 06: `pro_curve` and two clearly-labelled WRONG AUPRO variants kept only as references
   (`aupro_wrong_last_fpr`, `aupro_wrong_200_thresholds`), `adversarial_aupro_case`,
   `only_anomalous`.
@@ -35,8 +36,9 @@ import torch
 from matplotlib.figure import Figure
 
 from aaclip import backbone as bb
-from aaclip import data, losses, metrics, prompts, scoring
+from aaclip import data, losses, metrics, scoring
 from aaclip.config import ExperimentConfig, apply_overrides, preset
+from aaclip.evaluate import EvalSet, eval_sets
 from aaclip.results import write_table
 
 SMOKE_BANNER = (
@@ -121,7 +123,8 @@ def require_inputs(cfg: ExperimentConfig) -> None:
         raise MissingInputsError(
             f"profile {cfg.profile!r} cannot run, missing: "
             + "; ".join(missing)
-            + ". Provide them (see README: datasets via `aaclip prepare`); nothing is downloaded."
+            + ". Convert the raw datasets with `aaclip prepare <dataset>` and point at local "
+            "weights; nothing is downloaded."
         )
 
 
@@ -259,33 +262,6 @@ def setup(
 # --------------------------------------------------------------------------- test sets
 
 
-@dataclass(frozen=True)
-class EvalSet:
-    """One test set of a config: its records file, dataset name and scoring domain."""
-
-    records_file: Path
-    dataset: str | None
-    domain: str
-
-    @property
-    def root(self) -> Path:
-        return self.records_file.parent
-
-    def records(self) -> list[data.Record]:
-        return data.load_records(self.records_file, require_masks=False)
-
-
-def eval_sets(cfg: ExperimentConfig) -> list[EvalSet]:
-    """The test sets of a config, with domains resolved as `evaluate` resolves them."""
-    n = len(cfg.data.test_records)
-    datasets = cfg.data.test_datasets or (None,) * n
-    domains = cfg.data.test_domains or tuple(prompts.domain_of(d) for d in datasets)
-    return [
-        EvalSet(Path(f), d, dom)
-        for f, d, dom in zip(cfg.data.test_records, datasets, domains, strict=True)
-    ]
-
-
 def class_groups(cfg: ExperimentConfig) -> list[tuple[str, str | None, list[str]]]:
     """(split, dataset, class names): the training classes, then each test set's classes."""
     train = data.class_names(data.read_records(cfg.data.train_records))
@@ -307,7 +283,9 @@ def anchor_cosines(
     return {name: float(a[:, 0] @ a[:, 1]) for name, a in anchors.items()}
 
 
-def patch_scores(model: torch.nn.Module, images: torch.Tensor, anchors: torch.Tensor):
+def patch_scores(
+    model: torch.nn.Module, images: torch.Tensor, anchors: torch.Tensor
+) -> torch.Tensor:
     """f·(t_a − t_n) of the last level's patch features on the patch grid: (B, g, g)."""
     seg, _ = model.encode_image(images)
     logits = scoring.patch_logits(seg[-1].float(), anchors.float())
@@ -399,6 +377,15 @@ def score_separation(samples: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- 02/03: training
 
 
+def legend_below(ax: Any, ncol: int = 3, offset: float = -0.3) -> None:
+    """Move a seaborn legend under the axes, so it never covers bars."""
+    import seaborn as sns
+
+    sns.move_legend(
+        ax, "upper center", bbox_to_anchor=(0.5, offset), ncol=ncol, frameon=False, title=None
+    )
+
+
 def plot_loss(ax: Any, log: pd.DataFrame, stage: int, title: str) -> None:
     """Mean training loss per epoch of one stage, from `read_train_log`."""
     part = log[log["stage"] == stage]
@@ -419,37 +406,41 @@ def read_train_log(run_dir: str | Path) -> pd.DataFrame:
 
 @torch.no_grad()
 def anchor_comparison(
-    model: torch.nn.Module, groups: Sequence[tuple[str, str | None, list[str]]]
+    encoders: dict[str, tuple[torch.nn.Module, bool]],
+    groups: Sequence[tuple[str, str | None, list[str]]],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Anchors of the frozen CLIP text encoder vs the adapted (stage-1) one.
+    """cos(t_n, t_a) per class for several text encoders, and the disentangle term.
 
-    Returns a per-class table (split, dataset, class_name, cos_frozen, cos_stage1, change)
-    and, per split, the disentangle term (mean_c cos(t_n, t_a))² of both, computed with
-    the training loss `losses.disentangle_loss` over that split's classes.
+    `encoders` maps a short name to (model, adapted), e.g. {"frozen": (m, False),
+    "stage1": (m, True)}. Returns a per-class table (split, dataset, class_name,
+    cos_<name>...) and, per split, the disentangle term (mean_c <t_n, t_a>)² of each
+    encoder, computed with the training loss `losses.disentangle_loss` over the split.
     """
     rows, terms = [], []
     for split, dataset, names in groups:
         term: dict[str, Any] = {"split": split, "n_classes": len(names)}
         cos: dict[str, dict[str, float]] = {}
-        for key, adapted in (("frozen", False), ("stage1", True)):
+        for key, (model, adapted) in encoders.items():
             anchors = model.anchors_for(names, dataset, adapted=adapted)
             stacked = torch.stack([anchors[n].float() for n in names])
             term[f"disentangle_{key}"] = float(losses.disentangle_loss(stacked))
             cos[key] = {n: float(a[:, 0] @ a[:, 1]) for n, a in anchors.items()}
         terms.append(term)
         rows += [
-            {
-                "split": split,
-                "dataset": dataset,
-                "class_name": n,
-                "cos_frozen": cos["frozen"][n],
-                "cos_stage1": cos["stage1"][n],
-            }
+            {"split": split, "dataset": dataset, "class_name": n}
+            | {f"cos_{key}": cos[key][n] for key in encoders}
             for n in names
         ]
-    df = pd.DataFrame(rows)
-    df["change"] = df["cos_stage1"] - df["cos_frozen"]
-    return df, pd.DataFrame(terms)
+    return pd.DataFrame(rows), pd.DataFrame(terms)
+
+
+def initial_model(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
+    """AA-CLIP with its adapters as `train` initialises them (seeded with train.seed)."""
+    from aaclip.train import init_model
+
+    model = init_model(cfg, device).eval()
+    model.text_adapted = True  # its (untrained) text adapters are what stage 1 starts from
+    return model
 
 
 def predict_test_sets(
@@ -497,7 +488,8 @@ def qualitative_grid(
 ) -> Figure:
     """Columns: examples of each held-out class; rows: image, ground truth, one map per model.
 
-    Maps are the evaluation maps (normalised over each class's test images, in [0, 1]).
+    Maps are the evaluation maps (normalised over each class's test images, in [0, 1]);
+    the ground-truth outline is drawn in white on the maps of anomalous images.
     """
     columns = []  # (test set, class, index)
     for ts, per_model in predictions.items():
@@ -518,6 +510,10 @@ def qualitative_grid(
             m = predictions[ts][key][cls].maps[i].numpy()
             axes[row, col].imshow(np.asarray(img), alpha=0.5)
             axes[row, col].imshow(m, cmap="jet", vmin=0, vmax=1, alpha=0.55)
+            if pred.labels[i] == 1:
+                axes[row, col].contour(
+                    pred.masks[i].numpy(), levels=[0.5], colors="w", linewidths=0.7
+                )
     row_names = ["image", "ground truth", *model_labels.values()]
     for row, ax_row in enumerate(axes):
         ax_row[0].set_ylabel(row_names[row], fontsize=8)
@@ -556,6 +552,23 @@ def shots_label(cfg: ExperimentConfig) -> str:
 
 
 # --------------------------------------------------------------------------- 05: ablations
+
+
+# Ablation runs under smoke: fewer epochs than the main run (quick: 1 + 1).
+ABLATION_EPOCHS = {
+    "smoke": ("train.stage1_epochs=2", "train.stage2_epochs=5"),
+    "quick": ("train.stage1_epochs=1", "train.stage2_epochs=1"),
+}
+
+
+def ablation_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentConfig:
+    """The default the variants are compared against: the profile's config, with fewer
+    epochs under smoke (and 1 + 1 in quick mode); the paper profile keeps its own."""
+    if quick:
+        return apply_overrides(cfg, list(ABLATION_EPOCHS["quick"]))
+    if cfg.profile == "smoke":
+        return apply_overrides(cfg, list(ABLATION_EPOCHS["smoke"]))
+    return cfg
 
 
 def ablation_variants(cfg: ExperimentConfig) -> dict[str, list[str]]:
@@ -616,7 +629,8 @@ def ablation_table(
     """(one row per variant, per-dataset rows): mean image/pixel AUROC and the change.
 
     Per variant the value is the unweighted mean over the test sets of each set's mean
-    over classes; `d_*` is variant minus default, in the same units (fractions).
+    over classes; `*_diff` is variant minus default, in the same units (fractions; the
+    markdown shows percentage points).
     """
     cols = ["image_auroc", "pixel_auroc"]
     per_set = []
@@ -629,8 +643,8 @@ def ablation_table(
     wide = long.groupby(["variant", "overrides"], sort=False)[cols].mean().reset_index()
     base = wide.set_index("variant").loc[default, cols]
     for c in cols:
-        wide[f"d_{c}"] = wide[c] - base[c]
-        long[f"d_{c}"] = long[c] - long["dataset"].map(
+        wide[f"{c}_diff"] = wide[c] - base[c]
+        long[f"{c}_diff"] = long[c] - long["dataset"].map(
             long[long.variant == default].set_index("dataset")[c]
         )
     return wide, long
@@ -713,7 +727,7 @@ def aupro_wrong_200_thresholds(
 def aupro_variants(maps: Any, masks: Any, fpr_limit: float = 0.3) -> dict[str, float]:
     """The exact AUPRO (`metrics.aupro`) beside the two wrong reference variants."""
     return {
-        "pixel_aupro": float(metrics.aupro(maps, masks, fpr_limit)),
+        "pixel_aupro": float(metrics.aupro(maps, masks, fpr_limit=fpr_limit)),
         "pixel_aupro_wrong_last_fpr": aupro_wrong_last_fpr(maps, masks, fpr_limit),
         "pixel_aupro_wrong_200_thresholds": aupro_wrong_200_thresholds(maps, masks, fpr_limit),
     }

@@ -36,11 +36,18 @@ def tiny_model_names() -> list[str]:
     return sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json"))
 
 
-def resolve_weights(weights: str | os.PathLike | None, model_name: str) -> Path | None:
-    """Path of the weights file to load (argument, else $AACLIP_WEIGHTS), or None for random."""
+def resolve_weights(
+    weights: str | os.PathLike | None, model_name: str, required: bool = False
+) -> Path | None:
+    """Path of the weights file to load (argument, else $AACLIP_WEIGHTS), or None for random.
+
+    With `required=True` (the paper profile) a missing file is an error, never random init.
+    """
     if weights in (None, "", "random"):
         weights = os.environ.get(WEIGHTS_ENV) or None
-        if weights is None:
+        if weights is None and required:
+            weights = f"{model_name}.pt"  # the name the error message points the user to
+        elif weights is None:
             return None
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -87,6 +94,7 @@ def create_clip(
     precision: str = "fp32",
     device: str | torch.device = "cpu",
     init_seed: int = 0,
+    require_weights: bool = False,
 ) -> nn.Module:
     """Build an open_clip CLIP, load local weights if given, freeze it and put it in eval mode.
 
@@ -97,7 +105,7 @@ def create_clip(
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown backbone {name!r}; tiny test configs: {tiny_model_names()}")
-    path = resolve_weights(weights, name)
+    path = resolve_weights(weights, name, require_weights)
     with _quiet("root"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)  # open_clip warns "initialized randomly": silenced
         model = open_clip.create_model(

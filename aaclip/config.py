@@ -19,6 +19,7 @@ class BackboneConfig:
     image_size: int = 518
     quick_gelu: bool = False  # released code builds plain GELU although OpenAI trained QuickGELU
     precision: str = "fp32"  # fp32 | bf16 (autocast on GPU)
+    require_weights: bool = False  # paper: refuse to run on a random initialisation
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _tuples(v):
 
 def paper() -> ExperimentConfig:
     """ViT-L-14-336 at 518 px, trained on VisA (full-shot), tested zero-shot on the rest."""
-    return ExperimentConfig(profile="paper")
+    return ExperimentConfig(profile="paper", backbone=BackboneConfig(require_weights=True))
 
 
 def smoke(data_root: str = "data/synthetic") -> ExperimentConfig:

@@ -39,6 +39,35 @@ METRIC_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """One test set of a config: its records file, dataset name and scoring domain."""
+
+    records_file: Path
+    dataset: str | None
+    domain: str
+
+    @property
+    def root(self) -> Path:
+        return self.records_file.parent
+
+    def records(self) -> list[data.Record]:
+        # Classification-only sets (anomalies without masks) are allowed at test time; their
+        # pixel metrics are reported as missing.
+        return data.load_records(self.records_file, require_masks=False)
+
+
+def eval_sets(cfg: ExperimentConfig) -> list[EvalSet]:
+    """The config's test sets; domains from the config, else the dataset table (industrial)."""
+    n = len(cfg.data.test_records)
+    datasets = cfg.data.test_datasets or (None,) * n
+    domains = cfg.data.test_domains or tuple(prompts.domain_of(d) for d in datasets)
+    return [
+        EvalSet(Path(f), d, dom)
+        for f, d, dom in zip(cfg.data.test_records, datasets, domains, strict=True)
+    ]
+
+
 @dataclass
 class ClassPredictions:
     """Normalised maps and image scores of one class, with its ground truth."""
@@ -233,20 +262,15 @@ def evaluate(
     models = load_models(cfg, list(checkpoints), dev)
     out_dir = Path(out_dir)
     tables = []
-    n_sets = len(cfg.data.test_records)
-    datasets = cfg.data.test_datasets or (None,) * n_sets
-    domains = cfg.data.test_domains or tuple(prompts.domain_of(d) for d in datasets)
-    for records_file, dataset, domain in zip(cfg.data.test_records, datasets, domains, strict=True):
+    for ts in eval_sets(cfg):
         t0 = time.time()
-        # Classification-only sets (anomalies without masks) are allowed at test time; their
-        # pixel metrics are reported as missing.
-        records = data.load_records(records_file, require_masks=False)
+        records, dataset = ts.records(), ts.dataset
         preds = predict(
             models,
             records,
-            Path(records_file).parent,
+            ts.root,
             dataset,
-            domain,
+            ts.domain,
             cfg.backbone.image_size,
             cfg.eval_batch_size,
             dev,

@@ -62,8 +62,22 @@ def autocast(device: torch.device, precision: str):
 def build_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
     """Frozen backbone (fp32 weights; bf16 comes from autocast) wrapped with fresh adapters."""
     b = cfg.backbone
-    clip = bb.create_clip(b.name, b.weights, b.image_size, b.quick_gelu, "fp32", device)
+    clip = bb.create_clip(
+        b.name,
+        b.weights,
+        b.image_size,
+        b.quick_gelu,
+        "fp32",
+        device,
+        require_weights=b.require_weights,
+    )
     return AAClip(clip, cfg.model).to(device)
+
+
+def init_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
+    """The model exactly as training starts it: adapters drawn from `train.seed`."""
+    seed_everything(cfg.train.seed)
+    return build_model(cfg, device)
 
 
 def checkpoint_path(run_dir: Path, stage: int, epoch: int) -> Path:
@@ -169,8 +183,7 @@ def train(
             raise ValueError(f"{config_file}: the run folder holds a run with another config")
     ck.atomic_write_text(config_file, cfg.to_json())
 
-    seed_everything(t.seed)
-    model = build_model(cfg, dev)
+    model = init_model(cfg, dev)
     state = _resume_state(run_dir) if resume else None
     done_stage, done_epoch = (state["stage"], state["epoch"]) if state else (0, 0)
     last_ckpt = checkpoint_path(run_dir, done_stage, done_epoch) if state else None

@@ -181,3 +181,12 @@ def test_surgery_shares_prefix_and_returns_unit_features(tiny_clip):
     # the image embedding is CLIP's own (unaltered) image embedding
     ref = torch.nn.functional.normalize(tiny_clip.encode_image(x), dim=-1)
     assert torch.allclose(emb, ref, atol=1e-5)
+
+
+def test_paper_profile_never_falls_back_to_random_weights(monkeypatch):
+    from aaclip.config import preset
+
+    monkeypatch.delenv(bb.WEIGHTS_ENV, raising=False)
+    assert preset("paper").backbone.require_weights
+    with pytest.raises(bb.WeightsNotFoundError, match=r"aaclip-tiny\.pt.*AACLIP_WEIGHTS"):
+        bb.create_clip("aaclip-tiny", image_size=64, require_weights=True)
