@@ -241,3 +241,23 @@ def _append_csv(path: Path, rows: list[dict]) -> None:
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def bench_table(rows: list[dict]) -> str:
+    """The rows as a plain-text table for the terminal."""
+    import pandas as pd
+
+    cols = [
+        "device",
+        "backbone",
+        "image_size",
+        "precision",
+        "what",
+        "batch_size",
+        "latency_ms",
+        "images_per_s",
+        "peak_mem_gib",
+        "seconds",
+    ]
+    df = pd.DataFrame(rows)
+    return df[[c for c in cols if c in df]].to_string(index=False)

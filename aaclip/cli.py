@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -138,7 +137,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from aaclip.bench import run_bench
+    from aaclip.bench import bench_table, run_bench
 
     row = run_bench(
         backbone=args.backbone,
@@ -150,8 +149,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out_dir=args.out,
         metrics=not args.no_metrics,
         weights=args.weights,
+        metrics_n=args.metrics_n,
+        train=not args.no_train,
+        warmup=args.warmup,
     )
-    print(json.dumps(row, indent=2))
+    print(bench_table(row))
     return 0
 
 
