@@ -77,13 +77,14 @@ def resolve_path(path: str | Path, root: Path) -> Path:
 def profile_config(profile: str, data_root: str | Path, root: Path) -> ExperimentConfig:
     """The preset of a profile with every dataset path made absolute against the repo root.
 
-    `smoke` reads the embedded dataset at `data_root`; `paper` takes its dataset roots from
-    the preset (`data_root` is not used).
+    `smoke` reads the embedded dataset at `data_root`; `paper` reads `<data_root>/<Name>/
+    test.jsonl` for each dataset (the notebooks' default `data/synthetic` means `data`).
     """
     if profile == "smoke":
         cfg = preset("smoke", data_root=str(resolve_path(data_root, root)))
     else:
-        cfg = preset(profile)
+        base = "data" if Path(data_root) == Path("data/synthetic") else data_root
+        cfg = preset(profile, data_root=str(resolve_path(base, root)))
     d = cfg.data
     tests = [str(resolve_path(p, root)) for p in d.test_records]
     return apply_overrides(

@@ -263,8 +263,7 @@ def test_paper_profile_stops_at_the_setup_cell_with_one_message(workspace, tmp_p
     assert err.value.ename == "MissingInputsError"
     message = err.value.evalue
     assert "AACLIP_WEIGHTS" in message and "backbone.weights" in message
-    if not (ROOT / "data/VisA/test.jsonl").is_file():
-        assert "data/VisA/test.jsonl" in message
+    assert "VisA/test.jsonl" in message and "Colon_cvc300/test.jsonl" in message
     nb = nbformat.read(ws["executed"] / "01_anomaly_unawareness.ipynb", as_version=4)
     failed = [c for c in nb.cells if c.cell_type == "code" and c.get("outputs")]
     errors = [o for c in failed for o in c.outputs if o.output_type == "error"]
