@@ -7,38 +7,18 @@ checkpoint whose backbone identity (architecture, image size, weights) differs.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
+
+from aaclip.fileio import atomic_write
 
 IDENTITY_KEYS = ("name", "image_size", "vision_width", "vision_layers", "text_width", "embed_dim")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was made for another backbone, image size or method configuration."""
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, text.encode())
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aaclip.fileio import atomic_write_text
 from aaclip.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -220,22 +220,10 @@ def load_records(
     return records
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
     """Write records as JSONL, atomically (temp file + rename)."""
     text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
-    _atomic_write(Path(path), text.encode("utf-8"))
+    atomic_write_text(path, text)
 
 
 def class_names(records: Iterable[Record]) -> list[str]:

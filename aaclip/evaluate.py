@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from aaclip import checkpoints as ck
 from aaclip import data, metrics, prompts, scoring
 from aaclip.config import ExperimentConfig
+from aaclip.fileio import atomic_write_text
 from aaclip.methods.aaclip import AAClip
 from aaclip.methods.clip import ClipBaseline
 from aaclip.results import write_table
@@ -290,7 +291,7 @@ def evaluate(
             record = run_record(cfg, models[name], str(dataset), len(records), dev, wall, name)
             record["per_class"] = json.loads(df.to_json(orient="records"))
             record["selected_on_test"] = selected_on_test
-            ck.atomic_write_text(stem / "run.json", json.dumps(record, indent=2, default=str))
+            atomic_write_text(stem / "run.json", json.dumps(record, indent=2, default=str))
     return pd.concat(tables, ignore_index=True)
 
 

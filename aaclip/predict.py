@@ -12,8 +12,8 @@ from PIL import Image
 
 from aaclip import checkpoints as ck
 from aaclip import data, scoring
-from aaclip.checkpoints import atomic_write_text
 from aaclip.config import ExperimentConfig
+from aaclip.fileio import atomic_write_text
 from aaclip.train import autocast, build_model, pick_device
 from aaclip.transforms import image_to_tensor
 

@@ -33,9 +33,8 @@ def ensure_data(profile: str, data: Path) -> None:
     from data_prep.synthetic import build
 
     t0 = time.time()
-    summary = build(target, seed=0)
-    n = sum(summary.get("counts", {}).values()) if isinstance(summary.get("counts"), dict) else ""
-    print(f">> built the embedded dataset in {time.time() - t0:.1f} s: {target} {n}")
+    build(target, seed=0)
+    print(f">> built the embedded dataset in {time.time() - t0:.1f} s: {target}")
 
 
 def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | None) -> int:

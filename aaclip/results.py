@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aaclip.checkpoints import atomic_write_text
+from aaclip.fileio import atomic_write_text
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published_results.csv"
 KEYS = ["method", "train_set", "shots", "target", "metric"]

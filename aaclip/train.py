@@ -26,6 +26,7 @@ from aaclip import backbone as bb
 from aaclip import checkpoints as ck
 from aaclip import data, losses, scoring
 from aaclip.config import ExperimentConfig
+from aaclip.fileio import atomic_write_text
 from aaclip.methods.aaclip import AAClip
 
 
@@ -181,7 +182,7 @@ def train(
         saved = json.loads(config_file.read_text())
         if saved != json.loads(cfg.to_json()):
             raise ValueError(f"{config_file}: the run folder holds a run with another config")
-    ck.atomic_write_text(config_file, cfg.to_json())
+    atomic_write_text(config_file, cfg.to_json())
 
     model = init_model(cfg, dev)
     state = _resume_state(run_dir) if resume else None
@@ -272,7 +273,7 @@ def _finish_epoch(run_dir, cfg, model, stage, epoch, epoch_losses, opt, sched, l
         resume["scheduler"] = sched.state_dict()
     ck.atomic_torch_save(resume, run_dir / "resume.pt")
     log.append({"stage": stage, "epoch": epoch, "loss": mean_loss, "time": time.time()})
-    ck.atomic_write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+    atomic_write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     return path
 
 

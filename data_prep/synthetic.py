@@ -25,9 +25,7 @@ import argparse
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ import skimage
 from PIL import Image, ImageDraw
 
 from aaclip.data import Record, read_records, write_records
+from aaclip.fileio import atomic_write
 
 FORMAT_VERSION = 1
 N_NORMAL = 24  # per class
@@ -243,18 +242,6 @@ def _to_png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _visible(base: np.ndarray, out: np.ndarray, mask: np.ndarray) -> bool:
     size = mask.shape[0]
     if mask.sum() < MIN_MASK_FRACTION * size * size:
@@ -279,7 +266,7 @@ def _build_class(
     records, written = [], set()
 
     def save(rel: str, a: np.ndarray) -> None:
-        _atomic_write(out / rel, _to_png(a))
+        atomic_write(out / rel, _to_png(a))
         written.add(out / rel)
 
     for i in range(N_NORMAL):
@@ -363,7 +350,7 @@ def build(out: Path, seed: int = 0, size: int = 96) -> dict:
         "total_images": sum(len(v) for v in by_class.values()),
     }
     text = json.dumps(summary, indent=2) + "\n"
-    _atomic_write(out / "dataset.json", text.encode())
+    atomic_write(out / "dataset.json", text.encode())
     return summary
 
 
@@ -406,7 +393,7 @@ def montage(out_dir: Path, path: Path = DEFAULT_MONTAGE, per_class: int = 6) -> 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
