@@ -22,19 +22,20 @@ def notebooks() -> list[Path]:
     return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def ensure_data(profile: str, data: Path) -> None:
-    """Build the embedded synthetic dataset for the smoke profile when it is not there yet."""
+def ensure_data(profile: str, data: Path, results: Path) -> None:
+    """Build the embedded synthetic dataset for the smoke profile (if needed) and its montage."""
     if profile != "smoke":
         return
+    from data_prep.synthetic import build, montage
+
     target = data / "synthetic"
     if (target / "dataset.json").is_file():
         print(f">> embedded dataset present: {target}")
-        return
-    from data_prep.synthetic import build
-
-    t0 = time.time()
-    build(target, seed=0)
-    print(f">> built the embedded dataset in {time.time() - t0:.1f} s: {target}")
+    else:
+        t0 = time.time()
+        build(target, seed=0)
+        print(f">> built the embedded dataset in {time.time() - t0:.1f} s: {target}")
+    print(f">> montage: {montage(target, results / 'figures' / 'synthetic_montage.png')}")
 
 
 def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | None) -> int:
@@ -42,7 +43,7 @@ def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | N
 
     if profile == "smoke":
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add overhead
-    ensure_data(profile, data)
+    ensure_data(profile, data, results)
     executed = results / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in notebooks() if not only or any(o in nb.stem for o in only)]
