@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,20 @@ from aaclip.methods.aaclip import AAClip
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class _Stage:
+    """What differs between the two stages: epochs, batch, augmentation, optimiser, loss."""
+
+    number: int
+    name: str
+    epochs: int
+    batch_size: int
+    augment: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss: Callable[[dict], torch.Tensor]
 
 
 @dataclass
@@ -195,32 +210,48 @@ def train(
     written: list[Path] = []
     dataset_name = cfg.data.train_dataset
 
-    # ---------------- stage 1: text adapters against frozen surgery features
-    opt1 = torch.optim.Adam(model.text_adapter.parameters(), lr=t.stage1_lr, betas=t.betas)
-    start1 = done_epoch if done_stage == 1 else (t.stage1_epochs if done_stage == 2 else 0)
-    if state and done_stage == 1:
-        opt1.load_state_dict(state["optimizer"])
-    if start1 < t.stage1_epochs:
+    def run(stage: _Stage, start: int) -> None:
+        nonlocal last_ckpt
+        if start >= stage.epochs:
+            return
         model.train()
-        total = (t.stage1_epochs - start1) * math.ceil(len(records) / t.stage1_batch_size)
-        bar = tqdm(total=total, desc="stage 1 (text)", disable=not progress)
-        for epoch in range(start1 + 1, t.stage1_epochs + 1):
-            seed_everything(_epoch_seed(t.seed, 1, epoch))
-            loader = _loader(records, root, cfg, t.stage1_batch_size, "geometric", t.seed + epoch)
+        steps = math.ceil(len(records) / stage.batch_size)
+        bar = tqdm(total=(stage.epochs - start) * steps, desc=stage.name, disable=not progress)
+        for epoch in range(start + 1, stage.epochs + 1):
+            seed_everything(_epoch_seed(t.seed, stage.number, epoch))
+            loader = _loader(records, root, cfg, stage.batch_size, stage.augment, t.seed + epoch)
             epoch_losses = []
             for step, batch in enumerate(loader):
                 with autocast(dev, cfg.backbone.precision):
-                    loss = stage1_loss(model, batch, dev, dataset_name)
-                _check_finite(loss, 1, epoch, step, last_ckpt)
-                opt1.zero_grad(set_to_none=True)
+                    loss = stage.loss(batch)
+                _check_finite(loss, stage.number, epoch, step, last_ckpt)
+                stage.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                opt1.step()
+                stage.optimizer.step()
+                if stage.scheduler is not None:
+                    stage.scheduler.step()  # MultiStepLR milestones count iterations
                 epoch_losses.append(loss.item())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-            last_ckpt = _finish_epoch(run_dir, cfg, model, 1, epoch, epoch_losses, opt1, None, log)
+            last_ckpt = _finish_epoch(run_dir, cfg, model, stage, epoch, epoch_losses, log)
             written.append(last_ckpt)
         bar.close()
+
+    # ---------------- stage 1: text adapters against frozen surgery features
+    opt1 = torch.optim.Adam(model.text_adapter.parameters(), lr=t.stage1_lr, betas=t.betas)
+    stage1 = _Stage(
+        1,
+        "stage 1 (text)",
+        t.stage1_epochs,
+        t.stage1_batch_size,
+        "geometric",
+        opt1,
+        None,
+        lambda batch: stage1_loss(model, batch, dev, dataset_name),
+    )
+    if state and done_stage == 1:
+        opt1.load_state_dict(state["optimizer"])
+    run(stage1, done_epoch if done_stage == 1 else (t.stage1_epochs if done_stage == 2 else 0))
 
     # ---------------- stage 2: image adapters against fixed adapted anchors
     model.eval()
@@ -228,51 +259,37 @@ def train(
         names = data.class_names(records)
         anchors = model.anchors_for(names, dataset_name, adapted=t.stage1_epochs > 0)
         anchors = {k: v.float() for k, v in anchors.items()}
-    params = list(model.image_adapter.parameters())
-    opt2 = torch.optim.Adam(params, lr=t.stage2_lr, betas=t.betas)
+    opt2 = torch.optim.Adam(model.image_adapter.parameters(), lr=t.stage2_lr, betas=t.betas)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt2, list(t.milestones), gamma=t.gamma)
-    start2 = done_epoch if done_stage == 2 else 0
+    stage2 = _Stage(
+        2,
+        "stage 2 (image)",
+        t.stage2_epochs,
+        t.stage2_batch_size,
+        "geometric+color",
+        opt2,
+        sched,
+        lambda batch: stage2_loss(model, batch, anchors, dev),
+    )
     if state and done_stage == 2:
         opt2.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-    if start2 < t.stage2_epochs:
-        model.train()
-        total = (t.stage2_epochs - start2) * math.ceil(len(records) / t.stage2_batch_size)
-        bar = tqdm(total=total, desc="stage 2 (image)", disable=not progress)
-        for epoch in range(start2 + 1, t.stage2_epochs + 1):
-            seed_everything(_epoch_seed(t.seed, 2, epoch))
-            loader = _loader(
-                records, root, cfg, t.stage2_batch_size, "geometric+color", t.seed + epoch
-            )
-            epoch_losses = []
-            for step, batch in enumerate(loader):
-                with autocast(dev, cfg.backbone.precision):
-                    loss = stage2_loss(model, batch, anchors, dev)
-                _check_finite(loss, 2, epoch, step, last_ckpt)
-                opt2.zero_grad(set_to_none=True)
-                loss.backward()
-                opt2.step()
-                sched.step()
-                epoch_losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-            last_ckpt = _finish_epoch(run_dir, cfg, model, 2, epoch, epoch_losses, opt2, sched, log)
-            written.append(last_ckpt)
-        bar.close()
+    run(stage2, done_epoch if done_stage == 2 else 0)
     model.eval()
     return TrainResult(run_dir, written, log)
 
 
-def _finish_epoch(run_dir, cfg, model, stage, epoch, epoch_losses, opt, sched, log) -> Path:
+def _finish_epoch(run_dir, cfg, model, stage: _Stage, epoch, epoch_losses, log) -> Path:
     """Checkpoint first, then the resume state, then the log line: each write is atomic."""
     mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
-    path = checkpoint_path(run_dir, stage, epoch)
-    ck.save_adapters(path, model.adapter_state(), _meta(cfg, model, stage, epoch, mean_loss))
-    resume = {"stage": stage, "epoch": epoch, "optimizer": opt.state_dict()}
-    if sched is not None:
-        resume["scheduler"] = sched.state_dict()
+    path = checkpoint_path(run_dir, stage.number, epoch)
+    meta = _meta(cfg, model, stage.number, epoch, mean_loss)
+    ck.save_adapters(path, model.adapter_state(), meta)
+    resume = {"stage": stage.number, "epoch": epoch, "optimizer": stage.optimizer.state_dict()}
+    if stage.scheduler is not None:
+        resume["scheduler"] = stage.scheduler.state_dict()
     ck.atomic_torch_save(resume, run_dir / "resume.pt")
-    log.append({"stage": stage, "epoch": epoch, "loss": mean_loss, "time": time.time()})
+    log.append({"stage": stage.number, "epoch": epoch, "loss": mean_loss, "time": time.time()})
     atomic_write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
     return path
 
