@@ -172,9 +172,9 @@ def class_metrics(pred: ClassPredictions, aupro: bool = True) -> dict[str, float
             "image metrics are undefined and reported as missing",
             stacklevel=2,
         )
-    row.update(metrics.image_metrics(pred.scores.cpu().numpy(), labels))
+    row.update(metrics.image_metrics(pred.scores.cpu().numpy(), labels, name=pred.class_name))
     if pred.has_masks:
-        row.update(metrics.pixel_metrics(pred.maps, pred.masks, aupro=aupro))
+        row.update(metrics.pixel_metrics(pred.maps, pred.masks, aupro=aupro, name=pred.class_name))
     else:
         row.update({c: float("nan") for c in METRIC_COLUMNS if c.startswith("pixel")})
     return row

@@ -203,3 +203,18 @@ def test_select_on_test_is_explicit_and_marks_every_table(trained):
         assert "CHECKPOINT SELECTED ON THE TEST SET" in md.read_text()
     for rec in (run / "eval").rglob("run.json"):
         assert json.loads(rec.read_text())["selected_on_test"] is True
+
+
+def test_nan_in_a_map_is_a_clear_error_naming_the_class():
+    import numpy as np
+    import torch
+
+    from aaclip.evaluate import ClassPredictions, class_metrics
+
+    maps = torch.rand(3, 8, 8)
+    maps[1, 2, 2] = float("nan")
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :2, :2] = True
+    pred = ClassPredictions("bottle", maps, torch.rand(3), np.array([1, 0, 0]), masks)
+    with pytest.raises(ValueError, match=r"^bottle: maps contain 1 non-finite"):
+        class_metrics(pred)
