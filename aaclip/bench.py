@@ -211,7 +211,7 @@ def run_bench(
         "torch": torch.__version__,
         "host": platform.node(),
     }
-    rows = [{**common, "image_size": image_size, **r} for r in rows]
+    rows = [{**common, "image_size": image_size, **r} for r in rows]  # metric rows: own size
     _append_csv(Path(out_dir) / "bench.csv", rows)
     return rows
 
