@@ -100,32 +100,25 @@ def bench_model(
     if not train:
         return rows
 
-    opt1 = torch.optim.Adam(model.text_adapter.parameters(), lr=1e-5)
-
-    def step1():
-        with autocast(device, precision):
-            loss = stage1_loss(model, batch, device, None)
-        opt1.zero_grad()
-        loss.backward()
-        opt1.step()
-
-    _reset_peak(device)
-    t = _timed(step1, device, max(1, steps // 2), warmup)
-    rows.append(_row("stage1 train step", batch_size, t, device))
-
     small = _batch(stage2_batch_size, image_size, device)
-    opt2 = torch.optim.Adam(model.image_adapter.parameters(), lr=5e-4)
+    stages = (
+        ("stage1 train step", model.text_adapter, 1e-5, batch, max(1, steps // 2),
+         lambda b: stage1_loss(model, b, device, None)),
+        ("stage2 train step", model.image_adapter, 5e-4, small, steps,
+         lambda b: stage2_loss(model, b, anchors, device)),
+    )  # fmt: skip
+    for what, module, lr, data, n, loss_fn in stages:
+        opt = torch.optim.Adam(module.parameters(), lr=lr)
 
-    def step2():
-        with autocast(device, precision):
-            loss = stage2_loss(model, small, anchors, device)
-        opt2.zero_grad()
-        loss.backward()
-        opt2.step()
+        def step(opt=opt, data=data, loss_fn=loss_fn):
+            with autocast(device, precision):
+                loss = loss_fn(data)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    _reset_peak(device)
-    t = _timed(step2, device, steps, warmup)
-    rows.append(_row("stage2 train step", stage2_batch_size, t, device))
+        _reset_peak(device)
+        rows.append(_row(what, len(data["image"]), _timed(step, device, n, warmup), device))
     return rows
 
 
