@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ CONVERTERS = ("synthetic", "mvtec", "mpdd", "visa", "btad", "bmad", "colon", "mv
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by inputs: printed as one line, exit status 2, no traceback."""
+    """Errors caused by inputs: one line, exit status 2, no traceback (AACLIP_DEBUG=1 shows it)."""
     from aaclip.backbone import WeightsNotFoundError
     from aaclip.checkpoints import CheckpointMismatchError
     from aaclip.data import RecordError
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prepare(args, rest)
         return handlers[args.command](args)
     except _user_errors() as err:
+        if os.environ.get("AACLIP_DEBUG"):  # developers: the full traceback
+            raise
         print(f"aaclip: error: {err}", file=sys.stderr)
         return 2
 
