@@ -240,17 +240,6 @@ def bench_table(rows: list[dict]) -> str:
     """The rows as a plain-text table for the terminal."""
     import pandas as pd
 
-    cols = [
-        "device",
-        "backbone",
-        "image_size",
-        "precision",
-        "what",
-        "batch_size",
-        "latency_ms",
-        "images_per_s",
-        "peak_mem_gib",
-        "seconds",
-    ]
+    cols = [c for c in FIELDS if c not in ("date", "host", "torch")]
     df = pd.DataFrame(rows)
     return df[[c for c in cols if c in df]].to_string(index=False)
