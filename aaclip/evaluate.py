@@ -27,7 +27,7 @@ from aaclip.fileio import atomic_write_text
 from aaclip.methods.aaclip import AAClip
 from aaclip.methods.clip import ClipBaseline
 from aaclip.results import write_table
-from aaclip.train import autocast, build_model, pick_device
+from aaclip.train import autocast, build_backbone, build_model, pick_device
 
 METRIC_COLUMNS = [
     "image_auroc",
@@ -86,9 +86,9 @@ def load_models(
     cfg: ExperimentConfig, checkpoints: list[str | Path], device: torch.device
 ) -> dict[str, AAClip]:
     """One AAClip per checkpoint, all sharing a single frozen backbone (or the CLIP baseline)."""
+    if cfg.method == "clip":  # no adapters to build
+        return {"clip": ClipBaseline(build_backbone(cfg, device), cfg.model).eval()}
     base = build_model(cfg, device)
-    if cfg.method == "clip":
-        return {"clip": ClipBaseline(base.clip, base.cfg, base.tokenizer).eval()}
     models = {}
     for path in checkpoints:
         tensors, meta = ck.load_adapters(path, base.clip.aaclip_identity)

@@ -75,19 +75,18 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def build_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
-    """Frozen backbone (fp32 weights; bf16 comes from autocast) wrapped with fresh adapters."""
+def build_backbone(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
+    """The frozen CLIP of a config (fp32 weights; bf16 comes from autocast)."""
     b = cfg.backbone
-    clip = bb.create_clip(
-        b.name,
-        b.weights,
-        b.image_size,
-        b.quick_gelu,
-        "fp32",
-        device,
+    return bb.create_clip(
+        b.name, b.weights, b.image_size, b.quick_gelu, "fp32", device,
         require_weights=b.require_weights,
-    )
-    return AAClip(clip, cfg.model).to(device)
+    )  # fmt: skip
+
+
+def build_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
+    """The frozen backbone wrapped with fresh AA-CLIP adapters."""
+    return AAClip(build_backbone(cfg, device), cfg.model).to(device)
 
 
 def init_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
