@@ -46,7 +46,7 @@ SMOKE_BANNER = (
 )
 QUICK_BANNER = "QUICK MODE — fewer epochs and 8-shot training (test run)"
 # Quick mode (tests): 2 + 2 epochs on 8 images per training class.
-QUICK_OVERRIDES = ("train.stage1_epochs=2", "train.stage2_epochs=2", "train.shots=8")
+QUICK_OVERRIDES = ("train.max_epochs=2", "train.shots=8")
 METRICS_SHOWN = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro")
 
 
@@ -280,8 +280,17 @@ def anchor_cosines(
     model: torch.nn.Module, class_names: Iterable[str], dataset: str | None, adapted: bool
 ) -> dict[str, float]:
     """cos(t_normal, t_abnormal) per class: the anchors are unit vectors, so a dot product."""
-    anchors = model.anchors_for(list(class_names), dataset, adapted=adapted)
+    anchors = _anchors(model, list(class_names), dataset, adapted)
     return {name: float(a[:, 0] @ a[:, 1]) for name, a in anchors.items()}
+
+
+def _anchors(
+    model: torch.nn.Module, names: list[str], dataset: str | None, adapted: bool
+) -> dict[str, torch.Tensor]:
+    """Anchors per class: AA-CLIP's adapted or frozen text, else the method's own anchors."""
+    if hasattr(model, "anchors_for"):  # AA-CLIP: either text encoder on request
+        return model.anchors_for(names, dataset, adapted=adapted)
+    return {n: model.class_anchors(n, dataset) for n in dict.fromkeys(names)}
 
 
 def patch_scores(
@@ -316,9 +325,9 @@ def patch_score_samples(
         records = ts.records()
         for cls in data.class_names(records):
             subset = [r for r in records if r.class_name == cls]
-            anchors = model.anchors_for([cls], ts.dataset, adapted=adapted)[cls].float()
+            anchors = _anchors(model, [cls], ts.dataset, adapted)[cls].float()
             loader = torch.utils.data.DataLoader(
-                data.RecordDataset(subset, ts.root, size), batch_size=cfg.eval_batch_size
+                data.RecordDataset(subset, ts.root, size), batch_size=cfg.eval.batch_size
             )
             picked: dict[str, list[torch.Tensor]] = {"normal": [], "anomalous": []}
             for batch in loader:
@@ -399,9 +408,9 @@ def plot_loss(ax: Any, log: pd.DataFrame, stage: int, title: str) -> None:
 
 def read_train_log(run_dir: str | Path) -> pd.DataFrame:
     """train_log.jsonl as a table: stage, epoch, loss (mean over the epoch's steps)."""
-    path = Path(run_dir) / "train_log.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    df = pd.DataFrame(rows, columns=["stage", "epoch", "loss", "time"])
+    from aaclip.runs import read_log
+
+    df = pd.DataFrame(read_log(run_dir), columns=["stage", "epoch", "loss", "time"])
     return df[["stage", "epoch", "loss"]]
 
 
@@ -422,7 +431,7 @@ def anchor_comparison(
         term: dict[str, Any] = {"split": split, "n_classes": len(names)}
         cos: dict[str, dict[str, float]] = {}
         for key, (model, adapted) in encoders.items():
-            anchors = model.anchors_for(names, dataset, adapted=adapted)
+            anchors = _anchors(model, names, dataset, adapted)
             stacked = torch.stack([anchors[n].float() for n in names])
             term[f"disentangle_{key}"] = float(losses.disentangle_loss(stacked))
             cos[key] = {n: float(a[:, 0] @ a[:, 1]) for n, a in anchors.items()}
@@ -437,9 +446,9 @@ def anchor_comparison(
 
 def initial_model(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
     """AA-CLIP with its adapters as `train` initialises them (seeded with train.seed)."""
-    from aaclip.train import init_model
+    from aaclip.methods import create_method
 
-    model = init_model(cfg, device).eval()
+    model = create_method(cfg, device)
     model.text_adapted = True  # its (untrained) text adapters are what stage 1 starts from
     return model
 
@@ -458,13 +467,11 @@ def predict_test_sets(
             models,
             ts.records(),
             ts.root,
-            ts.dataset,
-            ts.domain,
-            cfg.backbone.image_size,
-            cfg.eval_batch_size,
-            device,
-            cfg.backbone.precision,
-            progress,
+            dataset=ts.dataset,
+            domain=ts.domain,
+            batch_size=cfg.eval.batch_size,
+            device=device,
+            progress=progress,
         )
         for ts in eval_sets(cfg)
     }
@@ -557,8 +564,8 @@ def shots_label(cfg: ExperimentConfig) -> str:
 
 # Ablation runs under smoke: fewer epochs than the main run (quick: 1 + 1).
 ABLATION_EPOCHS = {
-    "smoke": ("train.stage1_epochs=2", "train.stage2_epochs=5"),
-    "quick": ("train.stage1_epochs=1", "train.stage2_epochs=1"),
+    "smoke": ("model.stage1_epochs=2", "model.stage2_epochs=5"),
+    "quick": ("train.max_epochs=1",),
 }
 
 
@@ -578,16 +585,12 @@ def ablation_variants(cfg: ExperimentConfig) -> dict[str, list[str]]:
     The description switch flips whatever the profile uses (paper: official -> plain;
     smoke: plain -> official, which falls back to folder names on the synthetic classes).
     """
+    from aaclip.methods import method_class
+
     other = "plain" if cfg.model.class_descriptions == "official" else "official"
-    return {
-        "default": [],
-        "stage1_levels_all": ["model.stage1_levels=all"],
-        "vv_attention_tokens": ["model.vv_attention_axis=tokens"],
-        f"class_descriptions_{other}": [f"model.class_descriptions={other}"],
-        "stage1_cls_loss": ["model.stage1_cls_loss=true"],
-        "quick_gelu": ["backbone.quick_gelu=true"],
-        "no_text_adaptation": ["train.stage1_epochs=0"],
-    }
+    variants = {"default": [], **method_class(cfg.method).ABLATIONS}
+    variants[f"class_descriptions_{other}"] = [f"model.class_descriptions={other}"]
+    return variants
 
 
 @dataclass
@@ -610,16 +613,12 @@ def run_variant(
     device: str | None = None,
 ) -> VariantResult:
     """Train (or reuse a finished run) and evaluate one variant; warnings are collected."""
-    from aaclip.evaluate import evaluate
-    from aaclip.train import final_checkpoint, train
+    from aaclip.experiment import run
 
     vcfg = apply_overrides(cfg, overrides)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(vcfg, run_dir, device=device, progress=False)
-        table = evaluate(
-            vcfg, [final_checkpoint(run_dir, vcfg)], run_dir / "eval", device, progress=False
-        )
+        table = run(vcfg, run_dir, device=device, progress=False).table
     messages = list(dict.fromkeys(str(w.message) for w in caught))
     return VariantResult(name, overrides, vcfg, Path(run_dir), table, messages)
 

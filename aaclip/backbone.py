@@ -1,8 +1,9 @@
 """Frozen CLIP backbones on open_clip: loading, tokens per level, V-V attention surgery.
 
-Weights are never downloaded: `create_clip` builds the architecture from open_clip's config
-registry (plus the tiny test configs in `aaclip/model_configs/`) and loads a local file when
-one is given, otherwise it keeps the random initialisation.
+Weights are never downloaded: `create_backbone` builds the architecture from open_clip's
+config registry (plus the tiny test configs in `aaclip/model_configs/`) and loads a local file
+when one is given, otherwise it keeps the random initialisation. It returns a `Backbone`: the
+frozen CLIP, its tokenizer and its identity (what checkpoints must match).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import hashlib
 import logging
 import os
 import zipfile
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -86,22 +89,67 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name or name.startswith("code/") for name in z.namelist())
 
 
-def create_clip(
+@dataclass(eq=False)
+class Backbone:
+    """A frozen open_clip CLIP with its tokenizer and identity (what checkpoints must match)."""
+
+    clip: nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    identity: dict[str, object]
+
+    @property
+    def name(self) -> str:
+        return str(self.identity["name"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.identity["image_size"])
+
+    @property
+    def vision_depth(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    @property
+    def text_depth(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.clip.visual.conv1.out_channels)
+
+    @property
+    def text_width(self) -> int:
+        return int(self.clip.token_embedding.embedding_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.text_projection.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.token_embedding.weight.device
+
+    def levels(self, levels: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The given 1-based levels, else 1/4, 1/2, 3/4 and all of the vision depth."""
+        return tuple(levels or default_levels(self.vision_depth))
+
+
+def create_backbone(
     name: str = "ViT-L-14-336",
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
     quick_gelu: bool = False,
-    precision: str = "fp32",
     device: str | torch.device = "cpu",
     init_seed: int = 0,
     require_weights: bool = False,
-) -> nn.Module:
+) -> Backbone:
     """Build an open_clip CLIP, load local weights if given, freeze it and put it in eval mode.
 
     `image_size` overrides the config's input size; loaded positional embeddings are resized
     (bicubic) by open_clip. `quick_gelu` defaults to False like the released AA-CLIP code.
     Without weights the random initialisation is drawn from `init_seed` alone, so the same
-    random backbone is rebuilt in every process (training, evaluation, prediction).
+    random backbone is rebuilt in every process (training, evaluation, prediction). Weights
+    stay fp32: bf16 comes from autocast on GPU.
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown backbone {name!r}; tiny test configs: {tiny_model_names()}")
@@ -121,9 +169,16 @@ def create_clip(
                 f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
     model.requires_grad_(False).eval()
-    model.aaclip_identity = backbone_identity(model, name, path, quick_gelu, init_seed)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    return model.to(device=device, dtype=dtype)
+    identity = backbone_identity(model, name, path, quick_gelu, init_seed)
+    return Backbone(model.to(device=device), get_tokenizer(name), identity)
+
+
+def build_backbone(cfg, device: str | torch.device = "cpu") -> Backbone:
+    """The frozen backbone of a `BackboneConfig`."""
+    return create_backbone(
+        cfg.name, cfg.weights, cfg.image_size, cfg.quick_gelu, device,
+        require_weights=cfg.require_weights,
+    )  # fmt: skip
 
 
 @contextmanager

@@ -7,6 +7,7 @@ appends one row per measurement to `results/bench/bench.csv` with the device nam
 from __future__ import annotations
 
 import csv
+import io
 import platform
 import resource
 import time
@@ -16,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aaclip import scoring
-from aaclip.config import AAClipConfig, BackboneConfig, ExperimentConfig
-from aaclip.evaluate import _device_name
-from aaclip.train import autocast, build_model, pick_device, stage1_loss, stage2_loss
+from aaclip.config import BackboneConfig, ExperimentConfig
+from aaclip.methods import create_method, method_class
+from aaclip.runtime import device_name, pick_device
+from aaclip.train import Optimiser, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -70,55 +71,46 @@ def bench_model(
     precision: str,
     steps: int,
     weights: str | None = None,
-    stage2_batch_size: int = 2,
     train: bool = True,
     warmup: int = 1,
+    method: str = "aaclip",
 ) -> list[dict]:
-    """Inference with scoring, one stage-1 step and one stage-2 step of AA-CLIP."""
+    """Inference with scoring, then one timed training step per stage of the method (at the
+    stage's own batch size from the method's released schedule)."""
+    model_cfg = method_class(method).Config()
+    if hasattr(model_cfg, "class_descriptions"):
+        model_cfg.class_descriptions = "plain"
     cfg = ExperimentConfig(
+        method=method,
         backbone=BackboneConfig(backbone, weights, image_size, precision=precision),
-        model=AAClipConfig(class_descriptions="plain"),
+        model=model_cfg,
     )
-    model = build_model(cfg, device)
-    rows = []
+    model = create_method(cfg, device)
     batch = _batch(batch_size, image_size, device)
-    with torch.no_grad():  # stage 2 uses fixed anchors, as in training
-        anchors = {k: v.float() for k, v in model.anchors_for(["object0", "object1"], None).items()}
-    a = anchors["object0"]
+    ctx = model.prepare_class("object0", None, "industrial")
 
     @torch.no_grad()
     def infer():
-        with autocast(device, precision):
-            seg, det = model.encode_image(batch["image"])
-        scoring.anomaly_map(seg, a, image_size, "industrial")
-        scoring.image_probability(det, a)
+        model.predict(batch["image"], ctx)
 
     model.eval()
     _reset_peak(device)
-    t = _timed(infer, device, steps, warmup)
-    rows.append(_row("inference+scoring", batch_size, t, device))
+    rows = [_row("inference+scoring", batch_size, _timed(infer, device, steps, warmup), device)]
     if not train:
         return rows
+    for stage in model.stages():
+        data = _batch(stage.batch_size, image_size, device)
+        opt = Optimiser.for_stage(model, stage)
+        model.start_stage(stage, ["object0", "object1"], None)
+        model.train()
 
-    small = _batch(stage2_batch_size, image_size, device)
-    stages = (
-        ("stage1 train step", model.text_adapter, 1e-5, batch, max(1, steps // 2),
-         lambda b: stage1_loss(model, b, device, None)),
-        ("stage2 train step", model.image_adapter, 5e-4, small, steps,
-         lambda b: stage2_loss(model, b, anchors, device)),
-    )  # fmt: skip
-    for what, module, lr, data, n, loss_fn in stages:
-        opt = torch.optim.Adam(module.parameters(), lr=lr)
-
-        def step(opt=opt, data=data, loss_fn=loss_fn):
-            with autocast(device, precision):
-                loss = loss_fn(data)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        def step(stage=stage, data=data, opt=opt):
+            train_step(model, stage, data, opt, precision)
 
         _reset_peak(device)
-        rows.append(_row(what, len(data["image"]), _timed(step, device, n, warmup), device))
+        what = f"train step ({stage.name})"
+        rows.append(_row(what, stage.batch_size, _timed(step, device, steps, warmup), device))
+        model.eval()
     return rows
 
 
@@ -177,6 +169,7 @@ def run_bench(
     metrics_n: int = 1725,
     train: bool = True,
     warmup: int = 1,
+    method: str = "aaclip",
 ) -> list[dict]:
     """Run the benchmarks, print nothing, append rows to `out_dir/bench.csv` and return them."""
     dev = pick_device(device)
@@ -192,13 +185,15 @@ def run_bench(
         weights,
         train=train,
         warmup=warmup,
+        method=method,
     )
     if metrics:
         rows += bench_metrics(metrics_n)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     common = {
         "date": stamp,
-        "device": _device_name(dev),
+        "device": device_name(dev),
+        "method": method,
         "backbone": backbone,
         "precision": precision,
         "torch": torch.__version__,
@@ -223,17 +218,23 @@ FIELDS = [
     "peak_mem_gib",
     "seconds",
     "torch",
+    "method",
 ]
 
 
 def _append_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """Append rows; a file written with fewer columns is rewritten with the current header."""
+    from aaclip.fileio import atomic_write_text
+
+    old: list[dict] = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows([*old, *rows])
+    atomic_write_text(path, buf.getvalue())
 
 
 def bench_table(rows: list[dict]) -> str:

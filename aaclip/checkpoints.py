@@ -1,7 +1,8 @@
 """Adapter checkpoints: safetensors written atomically, with config and backbone identity.
 
-Only the trainable adapters are stored, never the frozen backbone. Loading refuses a
-checkpoint whose backbone identity (architecture, image size, weights) differs.
+Only a method's trainable state is stored (dtypes kept), never the frozen backbone. Loading
+refuses a checkpoint of another method, or one whose backbone identity (architecture, image
+size, weights) differs.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def atomic_torch_save(obj, path: str | Path) -> None:
 
 
 def save_adapters(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Save adapter tensors and a JSON-serialisable `meta` (config, identity, stage, epoch)."""
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    """Save adapter tensors and a JSON-serialisable `meta` (method, config, identity, stage)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(path, save(tensors, metadata={"aaclip": json.dumps(meta, sort_keys=True)}))
 
 
@@ -44,12 +45,19 @@ def read_meta(path: str | Path) -> dict:
         return json.loads((f.metadata() or {}).get("aaclip", "{}"))
 
 
-def load_adapters(path: str | Path, identity: dict | None = None) -> tuple[dict, dict]:
-    """Tensors and metadata of a checkpoint; refuses one made for another backbone."""
+def load_adapters(
+    path: str | Path, identity: dict | None = None, method: str | None = None
+) -> tuple[dict, dict]:
+    """Tensors and metadata of a checkpoint; refuses one of another method or backbone."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     meta = read_meta(path)
+    saved_method = meta.get("method", "aaclip")
+    if method is not None and saved_method != method:
+        raise CheckpointMismatchError(
+            f"{path}: a {saved_method} checkpoint, not {method}; use --method {saved_method}"
+        )
     if identity is not None:
         check_identity(meta.get("backbone", {}), identity, path)
     return load_file(str(path)), meta
@@ -64,30 +72,3 @@ def check_identity(saved: dict, current: dict, path: str | Path) -> None:
     ]
     if diffs:
         raise CheckpointMismatchError(f"{path}: made for another backbone ({'; '.join(diffs)})")
-
-
-def load_released(model, text_path: str | Path | None, image_path: str | Path | None) -> None:
-    """Import the authors' `text_adapter.pth` / `image_adapter[_N].pth` into an AAClip model."""
-    for path, key, module in (
-        (text_path, "text_adapter", model.text_adapter),
-        (image_path, "image_adapter", model.image_adapter),
-    ):
-        if path is None:
-            continue
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or key not in blob:
-            raise CheckpointMismatchError(f"{path}: no '{key}' entry; is this an AA-CLIP file?")
-        own = module.state_dict()
-        state = blob[key]
-        bad = [
-            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-            for k, v in state.items()
-            if k in own and own[k].shape != v.shape
-        ]
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if bad or missing or unexpected:
-            raise CheckpointMismatchError(
-                f"{path}: does not fit this model (shapes: {bad[:2]}, missing: {missing[:2]}, "
-                f"unexpected: {unexpected[:2]}); check the backbone and the relu switch"
-            )
-        module.load_state_dict(state)

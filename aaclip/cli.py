@@ -1,4 +1,4 @@
-"""`aaclip prepare | train | test | predict | bench` — thin wrappers over the package."""
+"""`aaclip methods | prepare | train | test | predict | import-released | bench`: thin wrappers."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aaclip.backbone import WeightsNotFoundError
     from aaclip.checkpoints import CheckpointMismatchError
     from aaclip.data import RecordError
+    from aaclip.methods import UnknownMethodError
     from aaclip.train import TrainingDivergedError
 
     errors: list[type[BaseException]] = [
@@ -26,6 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointMismatchError,
         RecordError,
         TrainingDivergedError,
+        UnknownMethodError,
         FileNotFoundError,
         ValueError,
     ]
@@ -39,7 +41,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = ExperimentConfig.load(args.config) if args.config else preset(args.profile)
+    if args.config:
+        cfg = ExperimentConfig.load(args.config)
+        if args.method and args.method != cfg.method:
+            raise ValueError(
+                f"{args.config}: a {cfg.method} config; --method {args.method} differs"
+            )
+    else:
+        cfg = preset(args.profile, args.method or "aaclip")
     overrides = list(args.set or [])
     if getattr(args, "weights", None):
         overrides.append(f"backbone.weights={args.weights}")
@@ -53,6 +62,17 @@ def cmd_prepare(args: argparse.Namespace, rest: list[str]) -> int:
     return int(result or 0)
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from aaclip.methods import METHODS
+
+    width = max(map(len, METHODS))
+    for name, cls in METHODS.items():
+        stages = ", ".join(s.name for s in cls.schedule(cls.Config())) or "no training"
+        print(f"{name:<{width}}  {cls.summary}")
+        print(f"{'':<{width}}  stages: {stages}; presets: {', '.join(sorted(cls.PRESETS))}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from aaclip.train import train
 
@@ -63,30 +83,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    from aaclip import protocols, runs
     from aaclip.evaluate import evaluate
     from aaclip.results import to_markdown
-    from aaclip.train import checkpoint_path, final_checkpoint
 
     run = Path(args.run)
-    cfg = (
-        ExperimentConfig.load(run / "config.json")
-        if (run / "config.json").is_file()
-        else _config(args)
-    )
-    cfg = apply_overrides(cfg, list(args.set or []))
-    from aaclip import protocols
-
+    if (run / "config.json").is_file():
+        cfg = ExperimentConfig.load(run / "config.json")
+        if args.method and args.method != cfg.method:
+            raise ValueError(f"{run}: a {cfg.method} run; --method {args.method} differs")
+        cfg = apply_overrides(cfg, list(args.set or []))
+    else:
+        cfg = _config(args)
+    trains = bool(runs.last_stage(cfg)[0])
     if args.checkpoint:
         ckpts = [Path(c) for c in args.checkpoint]
+    elif not trains:
+        ckpts = []  # a training-free method (the CLIP baseline)
     elif args.epochs:
-        ckpts = [checkpoint_path(run, 2, int(e)) for e in args.epochs.split(",")]
+        stage = runs.last_stage(cfg)[0]
+        ckpts = [runs.checkpoint_path(run, stage, int(e)) for e in args.epochs.split(",")]
     elif args.select_on:
         ckpts = [protocols.select_on_validation(cfg, run, args.select_on)]
         print(f"selected on {args.select_on}: {ckpts[0].name}")
     elif args.select_on_test:
-        ckpts = protocols.stage2_checkpoints(run, cfg)
+        ckpts = runs.stage_checkpoints(run, cfg)
     else:
-        ckpts = [final_checkpoint(run, cfg)]
+        ckpts = [runs.final_checkpoint(run, cfg)]
     if len(ckpts) > 1 and not args.select_on_test:
         print("note: several checkpoints are scored side by side; none is selected on the test set")
     table = evaluate(
@@ -119,17 +142,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from aaclip import checkpoints as ck
-    from aaclip.train import build_model, pick_device
+    from aaclip.methods import create_method
+    from aaclip.methods.aaclip import load_released
 
     cfg = _config(args)
-    model = build_model(cfg, pick_device("cpu"))
-    ck.load_released(model, args.text, args.image)
+    if cfg.method != "aaclip":
+        raise ValueError(
+            f"import-released reads AA-CLIP files; --method {cfg.method} has no importer"
+        )
+    model = create_method(cfg, "cpu")
+    load_released(model, args.text, args.image)
     meta = {
-        "method": "aaclip",
+        "method": model.name,
         "stage": 2 if args.image else 1,
         "epoch": None,
         "imported_from": [str(p) for p in (args.text, args.image) if p],
-        "backbone": model.clip.aaclip_identity,
+        "backbone": model.backbone.identity,
         "config": cfg.to_dict(),
     }
     ck.save_adapters(args.out, model.adapter_state(), meta)
@@ -141,6 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from aaclip.bench import bench_table, run_bench
 
     row = run_bench(
+        method=args.method or "aaclip",
         backbone=args.backbone,
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -162,22 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aaclip", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
+    def method_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--method", help="a registered method (default aaclip; `aaclip methods`)")
+
     def experiment(sp: argparse.ArgumentParser) -> None:
+        method_option(sp)
         sp.add_argument("--profile", default="smoke", help="preset: smoke | paper")
         sp.add_argument("--config", help="a config JSON (overrides --profile)")
         sp.add_argument(
             "--set",
             action="append",
             metavar="KEY=VALUE",
-            help="override, e.g. --set train.stage2_epochs=15 (repeatable)",
+            help="override, e.g. --set model.stage2_epochs=15 (repeatable)",
         )
         sp.add_argument("--weights", help="local CLIP weights file (else $AACLIP_WEIGHTS)")
         sp.add_argument("--device", help="cpu | cuda (default: cuda when available)")
 
+    sub.add_parser("methods", help="list the registered methods, their stages and presets")
+
     sp = sub.add_parser("prepare", help="build the synthetic set or convert a raw dataset tree")
     sp.add_argument("dataset", choices=CONVERTERS)
 
-    sp = sub.add_parser("train", help="train both AA-CLIP stages (resumes by default)")
+    sp = sub.add_parser("train", help="train every stage of a method (resumes by default)")
     experiment(sp)
     sp.add_argument("--run", required=True, help="run folder")
     sp.add_argument("--no-resume", action="store_true")
@@ -186,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment(sp)
     sp.add_argument("--run", required=True)
     sp.add_argument("--checkpoint", action="append", help="explicit checkpoint(s)")
-    sp.add_argument("--epochs", help="comma-separated stage-2 epochs, scored in one pass")
+    sp.add_argument("--epochs", help="comma-separated last-stage epochs, scored in one pass")
     sp.add_argument(
-        "--select-on", metavar="VAL.jsonl", help="choose the stage-2 epoch on this validation split"
+        "--select-on", metavar="VAL.jsonl", help="choose the last-stage epoch on this split"
     )
     sp.add_argument(
         "--select-on-test",
@@ -214,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="our .safetensors checkpoint to write")
 
     sp = sub.add_parser("bench", help="throughput, latency and peak memory")
+    method_option(sp)
     sp.add_argument("--backbone", default="ViT-L-14-336")
     sp.add_argument("--image-size", type=int, default=518)
     sp.add_argument("--batch-size", type=int, default=16)
@@ -238,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args, rest = parser.parse_args(argv), []
     handlers = {
+        "methods": cmd_methods,
         "train": cmd_train,
         "test": cmd_test,
         "predict": cmd_predict,

@@ -1,7 +1,10 @@
-"""Readable configs: one dataclass per concern, named presets ("paper", "smoke") as data.
+"""Readable configs: one dataclass per concern; the `model` section belongs to the method.
 
-Every switch that reproduces a known defect of the released AA-CLIP code defaults to the
-released behaviour; the fixed behaviour is one string away (see aaclip-method notes in README).
+`ExperimentConfig` holds the generic sections (backbone, train, eval, data). Its `model`
+section is the config dataclass of the method named by `method` (each method module defines
+its own `Config` with its released defaults, switches and stage schedule, plus its presets).
+Every switch that reproduces a known defect of a released code defaults to the released
+behaviour; the fixed behaviour is one override away.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -18,41 +22,23 @@ class BackboneConfig:
     weights: str | None = None  # local file; None -> $AACLIP_WEIGHTS, else random init
     image_size: int = 518
     quick_gelu: bool = False  # released code builds plain GELU although OpenAI trained QuickGELU
-    precision: str = "fp32"  # fp32 | bf16 (autocast on GPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast on GPU; weights stay fp32)
     require_weights: bool = False  # paper: refuse to run on a random initialisation
-
-
-@dataclass
-class AAClipConfig:
-    text_adapt_weight: float = 0.1
-    text_adapt_until: int | None = None  # None -> 3 of 12 text blocks, scaled to depth
-    image_adapt_weight: float = 0.1
-    image_adapt_until: int | None = None  # None -> 6 of 24 vision blocks, scaled to depth
-    levels: tuple[int, ...] | None = None  # None -> 1/4, 1/2, 3/4, 1 of the vision depth
-    relu: bool = False  # LeakyReLU after the seg/det projections (released default off)
-    surgery_blocks: int | None = None  # None -> 19 of 24 vision blocks, scaled to depth
-    vv_attention_axis: str = "batch"  # batch (released defect 2) | tokens
-    class_descriptions: str = "official"  # official | plain
-    stage1_levels: str = "last"  # last (released defect 1) | all
-    stage1_cls_loss: bool = False  # released has none (defect 3); paper Eq. 4 has one
-    text_norm_weight: float = 0.1  # weight of the disentangle loss
 
 
 @dataclass
 class TrainConfig:
     seed: int = 111
-    stage1_epochs: int = 5
-    stage1_batch_size: int = 16
-    stage1_lr: float = 1e-5
-    stage2_epochs: int = 20
-    stage2_batch_size: int = 2
-    stage2_lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    milestones: tuple[int, ...] = (16000, 32000)  # iterations
-    gamma: float = 0.5
-    eval_epoch: int | None = None  # checkpoint evaluated by `test`; None -> last epoch
-    num_workers: int = 0
     shots: int | None = None  # None = full-shot, else k-shot sampled from the training records
+    num_workers: int = 0
+    max_epochs: int | None = None  # caps every stage (quick runs, ablations); None = as scheduled
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    epoch: int | None = None  # checkpoint `test` scores (last stage); None -> its last epoch
+    num_workers: int = 0
 
 
 @dataclass
@@ -69,10 +55,16 @@ class ExperimentConfig:
     method: str = "aaclip"
     profile: str = "paper"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    model: AAClipConfig = field(default_factory=AAClipConfig)
+    model: Any = None  # the method's Config; None -> its defaults
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    eval_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            from aaclip.methods import config_class
+
+            self.model = config_class(self.method)()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,99 +74,136 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ExperimentConfig:
-        def build(kind, values):
-            known = {f.name: f for f in dataclasses.fields(kind)}
-            unknown = set(values) - set(known)
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
-            return kind(**{k: _tuples(v) for k, v in values.items()})
+        from aaclip.methods import config_class
 
-        top = dict(d)
+        top = _migrate(dict(d))
         parts = {
             "backbone": BackboneConfig,
-            "model": AAClipConfig,
+            "model": config_class(top.get("method", "aaclip")),
             "train": TrainConfig,
+            "eval": EvalConfig,
             "data": DataConfig,
         }
         for key, kind in parts.items():
             if key in top:
-                top[key] = build(kind, top[key])
-        return build(cls, top)
+                top[key] = _build(kind, top[key])
+        return _build(cls, top)
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a valid aaclip config: {err}") from None
+
+
+def _build(kind: type, values: dict) -> Any:
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}; known: {sorted(known)}")
+    return kind(**{k: _tuples(v) for k, v in values.items()})
 
 
 def _tuples(v):
     return tuple(v) if isinstance(v, list) else v
 
 
+# Configs written before the Method contract (0.1.0) kept AA-CLIP's stage schedule in `train`
+# and the evaluation fields at the top level; they are moved to where they live now.
+_OLD_SCHEDULE_KEYS = (
+    "stage1_epochs", "stage1_batch_size", "stage1_lr", "stage2_epochs", "stage2_batch_size",
+    "stage2_lr", "betas", "milestones", "gamma",
+)  # fmt: skip
+
+
+def _migrate(top: dict) -> dict:
+    train = dict(top.get("train", {}))
+    if (
+        not any(k in train for k in (*_OLD_SCHEDULE_KEYS, "eval_epoch"))
+        and "eval_batch_size" not in top
+    ):
+        return top
+    model = dict(top.get("model", {}))
+    for key in _OLD_SCHEDULE_KEYS:
+        if key in train:
+            model[key] = train.pop(key)
+    ev = dict(top.get("eval", {}))
+    if "eval_epoch" in train:
+        ev["epoch"] = train.pop("eval_epoch")
+    if "eval_batch_size" in top:
+        ev["batch_size"] = top.pop("eval_batch_size")
+    ev.setdefault("num_workers", train.get("num_workers", 0))
+    return {**top, "train": train, "model": model, "eval": ev}
+
+
+# --------------------------------------------------------------------------- shared presets
 PAPER_TARGETS = (
     "MVTec", "BTAD", "MPDD", "Brain", "Liver", "Retina",
     "Colon_clinicDB", "Colon_colonDB", "Colon_Kvasir", "Colon_cvc300",
 )  # fmt: skip
 
 
-def paper(data_root: str = "data") -> ExperimentConfig:
-    """ViT-L-14-336 at 518 px, trained on VisA (full-shot), tested zero-shot on ten targets.
+def paper_data(data_root: str = "data") -> DataConfig:
+    """AA-CLIP's cross-dataset protocol: VisA (full-shot) -> the ten zero-shot targets.
 
     Each dataset's records are expected at `<data_root>/<Name>/test.jsonl` (what the
     converters in data_prep/ write); override `data.test_records` to test on fewer.
     """
-    return ExperimentConfig(
-        profile="paper",
-        backbone=BackboneConfig(require_weights=True),
-        data=DataConfig(
-            train_records=f"{data_root}/VisA/test.jsonl",
-            train_dataset="VisA",
-            test_records=tuple(f"{data_root}/{name}/test.jsonl" for name in PAPER_TARGETS),
-            test_datasets=PAPER_TARGETS,
-        ),
+    return DataConfig(
+        train_records=f"{data_root}/VisA/test.jsonl",
+        train_dataset="VisA",
+        test_records=tuple(f"{data_root}/{name}/test.jsonl" for name in PAPER_TARGETS),
+        test_datasets=PAPER_TARGETS,
     )
 
 
-def smoke(data_root: str = "data/synthetic") -> ExperimentConfig:
-    """Tiny random CLIP on the embedded synthetic dataset: proves the pipeline in minutes on CPU.
-
-    Learning rates and epochs are larger than the paper's because the model starts from
-    random weights; every other setting (switches, losses, scoring) is the released default.
-    """
-    return ExperimentConfig(
-        profile="smoke",
-        backbone=BackboneConfig(name="aaclip-tiny", image_size=128),
-        model=AAClipConfig(class_descriptions="plain"),
-        train=TrainConfig(
-            seed=111,
-            stage1_epochs=4,
-            stage1_batch_size=8,
-            stage1_lr=1e-3,
-            stage2_epochs=20,
-            stage2_batch_size=8,
-            stage2_lr=5e-3,
-        ),
-        data=DataConfig(
-            train_records=f"{data_root}/train.jsonl",
-            train_dataset="synthetic",
-            test_records=(
-                f"{data_root}/industrial_test.jsonl",
-                f"{data_root}/medical_test.jsonl",
-            ),
-            test_datasets=("synthetic-industrial", "synthetic-medical"),
-            test_domains=("industrial", "medical"),
-        ),
-        eval_batch_size=32,
+def smoke_data(data_root: str = "data/synthetic") -> DataConfig:
+    """The embedded synthetic dataset: training classes, then held-out industrial and medical."""
+    return DataConfig(
+        train_records=f"{data_root}/train.jsonl",
+        train_dataset="synthetic",
+        test_records=(f"{data_root}/industrial_test.jsonl", f"{data_root}/medical_test.jsonl"),
+        test_datasets=("synthetic-industrial", "synthetic-medical"),
+        test_domains=("industrial", "medical"),
     )
 
 
-PRESETS = {"paper": paper, "smoke": smoke}
+def smoke_backbone() -> BackboneConfig:
+    """Tiny random CLIP at 128 px: proves the pipeline in minutes on a CPU."""
+    return BackboneConfig(name="aaclip-tiny", image_size=128)
 
 
-def preset(name: str, **kwargs) -> ExperimentConfig:
-    """A named preset, e.g. `preset("smoke")`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown profile {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name](**kwargs)
+def profiles(method: str = "aaclip") -> list[str]:
+    """The presets a method defines (e.g. paper, smoke)."""
+    from aaclip.methods import method_class
+
+    return sorted(method_class(method).PRESETS)
+
+
+def preset(name: str, method: str = "aaclip", **kwargs) -> ExperimentConfig:
+    """A method's named preset, e.g. `preset("smoke")` or `preset("paper", "dpclip")`."""
+    from aaclip.methods import method_class
+
+    presets = method_class(method).PRESETS
+    if name not in presets:
+        raise ValueError(f"unknown profile {name!r} for {method}; choose from {sorted(presets)}")
+    return presets[name](**kwargs)
+
+
+def switch_method(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """The same experiment (backbone, data, train, eval) for another method: its `model`
+    section starts from that method's defaults, keeping the fields both methods share (e.g.
+    `class_descriptions`)."""
+    from aaclip.methods import config_class
+
+    kind = config_class(method)
+    names = {f.name for f in dataclasses.fields(kind)}
+    shared = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k in names}
+    d = cfg.to_dict()
+    d.update(method=method, model=shared)
+    return ExperimentConfig.from_dict(d)
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -184,6 +213,11 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not of the form section.key=value")
+        if key == "method":
+            raise ValueError(
+                f"override {item!r}: the method is chosen with --method (or preset(profile, "
+                "method)), which also resets the model section"
+            )
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

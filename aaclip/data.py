@@ -304,8 +304,8 @@ class RecordDataset(torch.utils.data.Dataset):
         root: str | os.PathLike,
         image_size: int,
         augment: str = "none",
-        mean: Sequence[float] = CLIP_MEAN,
-        std: Sequence[float] = CLIP_STD,
+        mean: Sequence[float] | None = CLIP_MEAN,
+        std: Sequence[float] | None = CLIP_STD,
     ) -> None:
         check_augment(augment)
         if image_size < 1:
@@ -314,7 +314,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.image_size = image_size
         self.augment = augment
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = mean, std
         self._color = color_transform() if augment == "geometric+color" else None
         self._joint = JointTransform() if augment != "none" else None
 

@@ -1,7 +1,9 @@
 """Evaluation: records -> anomaly maps and image scores -> per-class metrics -> run records.
 
-Several checkpoints of one backbone are scored in one pass over the data: every image is
-decoded, resized and moved to the device once, then each checkpoint's adapters run on it.
+Several checkpoints of one method and backbone are scored in one pass over the data: every
+image is decoded, resized and moved to the device once, then each checkpoint's method runs on
+it. The pass never looks inside a method: it calls `prepare_class`, `fit_memory`, `predict`
+and `class_scores` of the `Method` contract.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from aaclip import checkpoints as ck
-from aaclip import data, metrics, prompts, scoring
+from aaclip import data, metrics, prompts
+from aaclip.backbone import build_backbone
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write_text
-from aaclip.methods.aaclip import AAClip
-from aaclip.methods.clip import ClipBaseline
+from aaclip.methods import Method, Prediction, create_method, method_class
 from aaclip.results import write_table
-from aaclip.train import autocast, build_backbone, build_model, pick_device
+from aaclip.runtime import device_name, pick_device
 
 METRIC_COLUMNS = [
     "image_auroc",
@@ -74,90 +76,94 @@ class ClassPredictions:
     """Normalised maps and image scores of one class, with its ground truth."""
 
     class_name: str
-    maps: torch.Tensor  # (N, S, S) float32, min-max normalised over the class
+    maps: torch.Tensor  # (N, S, S) float32, normalised over the class by the method's rule
     scores: torch.Tensor  # (N,)
     labels: np.ndarray  # (N,) int
     masks: torch.Tensor  # (N, S, S) bool
     image_paths: list[str] = field(default_factory=list)
     has_masks: bool = True  # False for classification-only sets: pixel metrics undefined
+    raw: Prediction | None = None  # the method's raw outputs, before class normalisation
 
 
-def load_models(
+def load_methods(
     cfg: ExperimentConfig, checkpoints: list[str | Path], device: torch.device
-) -> dict[str, AAClip]:
-    """One AAClip per checkpoint, all sharing a single frozen backbone (or the CLIP baseline)."""
-    if cfg.method == "clip":  # no adapters to build
-        return {"clip": ClipBaseline(build_backbone(cfg, device), cfg.model).eval()}
-    base = build_model(cfg, device)
-    models = {}
+) -> dict[str, Method]:
+    """One method per checkpoint (named by the file stem), all on one frozen backbone.
+
+    Without checkpoints: the method as initialised (the training-free CLIP baseline, or an
+    untrained method, named by the method). A checkpoint of another method or backbone is
+    refused by name.
+    """
+    trains = bool(method_class(cfg.method).schedule(cfg.model))
+    backbone = build_backbone(cfg.backbone, device)
+    if not checkpoints:
+        return {"untrained" if trains else cfg.method: create_method(cfg, device, backbone)}
+    methods = {}
     for path in checkpoints:
-        tensors, meta = ck.load_adapters(path, base.clip.aaclip_identity)
-        model = AAClip(base.clip, base.cfg, base.tokenizer).to(device)
-        model.load_adapter_state(tensors, str(path))
-        # Without stage-1 epochs the anchors come from the frozen CLIP text encoder.
-        model.text_adapted = meta.get("config", {}).get("train", {}).get("stage1_epochs", 1) > 0
-        models[Path(path).stem] = model.eval()
-    if not models:
-        base.text_adapted = False
-        models["untrained"] = base.eval()
-    return models
+        tensors, _ = ck.load_adapters(path, backbone.identity, cfg.method)
+        method = create_method(cfg, device, backbone)
+        method.load_adapter_state(tensors, str(path))
+        methods[Path(path).stem] = method.eval()
+    return methods
+
+
+load_models = load_methods  # the name the notebooks used before the Method contract
 
 
 @torch.no_grad()
 def predict(
-    models: dict[str, AAClip],
+    methods: dict[str, Method],
     records: list[data.Record],
     root: str | Path,
+    *,
     dataset: str | None,
     domain: str,
-    image_size: int,
     batch_size: int = 16,
     device: torch.device | None = None,
-    precision: str = "fp32",
     progress: bool = True,
     num_workers: int = 0,
+    keep_raw: bool = False,
 ) -> dict[str, dict[str, ClassPredictions]]:
-    """Maps and scores per model and class, each class normalised over its own images.
+    """Maps and scores per method and class, each class normalised by the method's rule.
 
-    On a GPU the maps stay on it, so the metrics run there too (torch backend).
+    All methods must share one input spec (the checkpoints of one run do). On a GPU the maps
+    stay on it, so the metrics run there too (torch backend).
     """
-    device = device or next(iter(models.values())).clip.token_embedding.weight.device
+    first = next(iter(methods.values()))
+    spec = first.input_spec()
+    if any(m.input_spec() != spec for m in methods.values()):
+        raise ValueError("methods scored in one pass must share one input spec")
+    device = device or first.device
     keep = device if device.type == "cuda" else torch.device("cpu")
-    out: dict[str, dict[str, ClassPredictions]] = {name: {} for name in models}
-    classes = data.class_names(records)
+    out: dict[str, dict[str, ClassPredictions]] = {name: {} for name in methods}
     bar = tqdm(total=len(records), desc=f"evaluate {dataset}", disable=not progress)
-    for cls in classes:
+    for cls in data.class_names(records):
         subset = [r for r in records if r.class_name == cls]
-        anchors = {
-            name: m.anchors_for([cls], dataset, adapted=m.text_adapted)[cls].float()
-            for name, m in models.items()
-        }
+        has_masks = all(r.mask_path for r in subset if r.label == 1)
+        ctx = {n: m.prepare_class(cls, dataset, domain, has_masks) for n, m in methods.items()}
         loader = DataLoader(
-            data.RecordDataset(subset, root, image_size, augment="none"),
+            data.RecordDataset(subset, root, spec.image_size, "none", spec.mean, spec.std),
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )
-        maps = {name: [] for name in models}
-        probs = {name: [] for name in models}
+        parts: dict[str, list[Prediction]] = {name: [] for name in methods}
         masks, labels, paths = [], [], []
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
-            for name, model in models.items():
-                with autocast(device, precision):
-                    seg, det = model.encode_image(images)
-                amap = scoring.anomaly_map(seg, anchors[name], image_size, domain)
-                maps[name].append(amap.to(keep))
-                probs[name].append(scoring.image_probability(det, anchors[name]).to(keep))
+            for name, method in methods.items():
+                parts[name].append(method.predict(images, ctx[name]).to(keep))
             masks.append((batch["mask"][:, 0] > 0.5).to(keep))
             labels.append(batch["label"].numpy())
             paths.extend(batch["image_path"])
             bar.update(len(images))
         gt_masks, gt_labels = torch.cat(masks), np.concatenate(labels)
-        has_masks = all(r.mask_path for r in subset if r.label == 1)
-        for name in models:
-            m, s = scoring.class_scores(torch.cat(maps[name]), torch.cat(probs[name]), domain)
-            out[name][cls] = ClassPredictions(cls, m, s, gt_labels, gt_masks, paths, has_masks)
+        for name, method in methods.items():
+            raw = Prediction.cat(parts[name])
+            m, s = method.class_scores(raw, ctx[name])
+            out[name][cls] = ClassPredictions(
+                cls, m, s, gt_labels, gt_masks, paths, has_masks, raw if keep_raw else None
+            )
     bar.close()
     return out
 
@@ -195,7 +201,7 @@ def metrics_table(preds: dict[str, ClassPredictions], aupro: bool = True) -> pd.
 
 def run_record(
     cfg: ExperimentConfig,
-    model: AAClip,
+    method: Method,
     dataset: str,
     n_records: int,
     device: torch.device,
@@ -210,7 +216,8 @@ def run_record(
         "config": cfg.to_dict(),
         "profile": cfg.profile,
         "checkpoint": checkpoint,
-        "backbone": model.clip.aaclip_identity,
+        "method": method.name,
+        "backbone": method.backbone.identity,
         "dataset": dataset,
         "n_records": n_records,
         "git_revision": _git_revision(),
@@ -221,7 +228,7 @@ def run_record(
             "numpy": np.__version__,
             "scikit-learn": sklearn.__version__,
         },
-        "device": _device_name(device),
+        "device": device_name(device),
         "wall_time_s": round(wall, 2),
     }
 
@@ -240,12 +247,6 @@ def _git_revision() -> str | None:
         return None
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def evaluate(
     cfg: ExperimentConfig,
     checkpoints: list[str | Path],
@@ -260,24 +261,22 @@ def evaluate(
     Returns a long table with one row per (checkpoint, dataset, class) plus per-dataset means.
     """
     dev = pick_device(device)
-    models = load_models(cfg, list(checkpoints), dev)
+    methods = load_methods(cfg, list(checkpoints), dev)
     out_dir = Path(out_dir)
     tables = []
     for ts in eval_sets(cfg):
         t0 = time.time()
         records, dataset = ts.records(), ts.dataset
         preds = predict(
-            models,
+            methods,
             records,
             ts.root,
-            dataset,
-            ts.domain,
-            cfg.backbone.image_size,
-            cfg.eval_batch_size,
-            dev,
-            cfg.backbone.precision,
-            progress,
-            cfg.train.num_workers,
+            dataset=dataset,
+            domain=ts.domain,
+            batch_size=cfg.eval.batch_size,
+            device=dev,
+            progress=progress,
+            num_workers=cfg.eval.num_workers,
         )
         wall = time.time() - t0
         for name, per_class in preds.items():
@@ -288,7 +287,7 @@ def evaluate(
             stem = out_dir / name / str(dataset)
             note = _profile_note(cfg, selected_on_test)
             write_table(df, stem / "metrics", note=note)
-            record = run_record(cfg, models[name], str(dataset), len(records), dev, wall, name)
+            record = run_record(cfg, methods[name], str(dataset), len(records), dev, wall, name)
             record["per_class"] = json.loads(df.to_json(orient="records"))
             record["selected_on_test"] = selected_on_test
             atomic_write_text(stem / "run.json", json.dumps(record, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""Apply a trained AA-CLIP checkpoint to a user's own images: heat-map overlays + a score CSV."""
+"""Apply a trained checkpoint (any method) to a user's own images: heat-map overlays + a CSV."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from PIL import Image
 from aaclip import checkpoints as ck
 from aaclip import data, scoring
 from aaclip.config import ExperimentConfig
+from aaclip.evaluate import load_methods
 from aaclip.fileio import atomic_write_text
-from aaclip.train import autocast, build_model, pick_device
+from aaclip.methods import Prediction
+from aaclip.runtime import pick_device
 from aaclip.transforms import image_to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -65,24 +67,23 @@ def predict_files(
     if weights is not None:
         cfg.backbone.weights = weights
     dev = pick_device(device)
-    model = build_model(cfg, dev)
-    tensors, _ = ck.load_adapters(checkpoint, model.clip.aaclip_identity)
-    model.load_adapter_state(tensors, str(checkpoint))
-    model.eval()
-    adapted = cfg.train.stage1_epochs > 0
-    anchors = model.class_anchors(description, adapted=adapted).float()
+    method = next(iter(load_methods(cfg, [checkpoint], dev).values()))
+    ctx = method.prepare_class(description, None, domain, description=description)
+    spec = method.input_spec()
     files = collect_images(inputs)
-    size = cfg.backbone.image_size
-    maps, probs = [], []
+    parts = []
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
-        images = torch.stack([image_to_tensor(data.load_image(p), size) for p in chunk]).to(dev)
-        with autocast(dev, cfg.backbone.precision):
-            seg, det = model.encode_image(images)
-        maps.append(scoring.anomaly_map(seg, anchors, size, domain).cpu())
-        probs.append(scoring.image_probability(det, anchors).cpu())
-    raw_maps, raw_probs = torch.cat(maps), torch.cat(probs)
-    norm_maps, scores = scoring.class_scores(raw_maps, raw_probs, domain)
+        images = torch.stack(
+            [
+                image_to_tensor(data.load_image(p), spec.image_size, spec.mean, spec.std)
+                for p in chunk
+            ]
+        ).to(dev)
+        parts.append(method.predict(images, ctx).to(torch.device("cpu")))
+    raw = Prediction.cat(parts)
+    raw_maps, raw_probs = raw.maps, raw.scores
+    norm_maps, scores = method.class_scores(raw, ctx)
     single = len(files) == 1
     if single:  # nothing to normalise against: show the map on its own range, keep raw values
         norm_maps = scoring.minmax(raw_maps)

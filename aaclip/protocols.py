@@ -11,10 +11,9 @@ import pandas as pd
 
 from aaclip import data
 from aaclip.config import ExperimentConfig, apply_overrides
-from aaclip.train import checkpoint_path
+from aaclip.runs import stage_checkpoints
 
 FEW_SHOTS = (1, 2, 4, 8, 16, 32, 64)
-MVFA_SETS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
 
 
 def zero_shot(
@@ -68,12 +67,6 @@ def leave_one_out(
     return zero_shot(cfg, str(merged), f"all-but-{target}", {target: sets[target]})
 
 
-def stage2_checkpoints(run_dir: str | Path, cfg: ExperimentConfig) -> list[Path]:
-    """Every stage-2 checkpoint of a run that exists, in epoch order."""
-    paths = [checkpoint_path(Path(run_dir), 2, e) for e in range(1, cfg.train.stage2_epochs + 1)]
-    return [p for p in paths if p.is_file()]
-
-
 def select_epoch(table: pd.DataFrame, metric: str = "pixel_auroc") -> str:
     """The checkpoint with the best mean `metric` over datasets (ties: the earliest)."""
     means = table[table["class_name"] == "mean"].groupby("checkpoint", sort=True)[metric].mean()
@@ -90,7 +83,7 @@ def select_on_validation(
     domain: str = "industrial",
     out_dir: str | Path | None = None,
 ) -> Path:
-    """Score every stage-2 checkpoint on a validation split the user names (one pass); best one."""
+    """Score every last-stage checkpoint on a validation split (one pass); the best one."""
     from aaclip.evaluate import evaluate
 
     val_cfg = apply_overrides(
@@ -101,9 +94,9 @@ def select_on_validation(
             f'data.test_domains=["{domain}"]',
         ],
     )
-    ckpts = stage2_checkpoints(run_dir, cfg)
+    ckpts = stage_checkpoints(run_dir, cfg)
     if not ckpts:
-        raise FileNotFoundError(f"{run_dir}: no stage-2 checkpoints to select from")
+        raise FileNotFoundError(f"{run_dir}: no last-stage checkpoints to select from")
     out = out_dir or Path(run_dir) / "validation"
     table = evaluate(val_cfg, ckpts, out, progress=False, aupro=False)
     best = select_epoch(table, metric)

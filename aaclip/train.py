@@ -1,52 +1,36 @@
-"""AA-CLIP training: stage 1 (text adapters) then stage 2 (image adapters).
+"""The training loop: every stage of any method, with atomic checkpoints and exact resume.
 
-A run folder holds `config.json`, one safetensors checkpoint per epoch and stage
-(`checkpoints/stage{1,2}_epoch{NNN}.safetensors`), the optimiser state of the last finished
-epoch (`resume.pt`) and `train_log.jsonl`. Everything is written atomically, so a run killed
-at any point resumes from its last finished epoch with `train(..., resume=True)`.
+A run folder (see `aaclip.runs`) holds `config.json`, one safetensors checkpoint per stage and
+epoch, the optimiser state of the last finished epoch (`resume.pt`) and `train_log.jsonl`.
+Everything is written atomically (checkpoint, then resume state, then log), so a run killed
+at any point resumes from its last finished epoch with `train(..., resume=True)`. The loop
+never looks inside a method: stages, parameter groups, loss terms and post-step updates come
+from the `Method` contract.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from aaclip import backbone as bb
 from aaclip import checkpoints as ck
-from aaclip import data, losses, scoring
+from aaclip import data, runs
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write_text
-from aaclip.methods.aaclip import AAClip
+from aaclip.methods import Method, Stage, create_method
+from aaclip.runtime import autocast, pick_device, seed_everything
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class _Stage:
-    """What differs between the two stages: epochs, batch, augmentation, optimiser, loss."""
-
-    number: int
-    name: str
-    epochs: int
-    batch_size: int
-    augment: str
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    loss: Callable[[dict], torch.Tensor]
 
 
 @dataclass
@@ -56,114 +40,65 @@ class TrainResult:
     log: list[dict]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+@dataclass
+class Optimiser:
+    """The optimiser and (optional) scheduler of one stage."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @classmethod
+    def for_stage(cls, method: Method, stage: Stage) -> Optimiser:
+        opt = torch.optim.Adam(method.param_groups(stage), lr=stage.lr, betas=stage.betas)
+        sched = None
+        if stage.milestones:  # MultiStepLR milestones count iterations
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(stage.milestones), stage.gamma)
+        return cls(opt, sched)
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors of a loader batch on the device; lists (class names, paths) as they are."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on GPU when asked for; fp32 everywhere else."""
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def build_backbone(cfg: ExperimentConfig, device: torch.device) -> torch.nn.Module:
-    """The frozen CLIP of a config (fp32 weights; bf16 comes from autocast)."""
-    b = cfg.backbone
-    return bb.create_clip(
-        b.name, b.weights, b.image_size, b.quick_gelu, "fp32", device,
-        require_weights=b.require_weights,
-    )  # fmt: skip
-
-
-def build_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
-    """The frozen backbone wrapped with fresh AA-CLIP adapters."""
-    return AAClip(build_backbone(cfg, device), cfg.model).to(device)
-
-
-def init_model(cfg: ExperimentConfig, device: torch.device) -> AAClip:
-    """The model exactly as training starts it: adapters drawn from `train.seed`."""
-    seed_everything(cfg.train.seed)
-    return build_model(cfg, device)
-
-
-def checkpoint_path(run_dir: Path, stage: int, epoch: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"stage{stage}_epoch{epoch:03d}.safetensors"
-
-
-def _meta(cfg: ExperimentConfig, model: AAClip, stage: int, epoch: int, loss: float) -> dict:
-    return {
-        "method": "aaclip",
-        "stage": stage,
-        "epoch": epoch,
-        "loss": loss,
-        "backbone": model.clip.aaclip_identity,
-        "config": cfg.to_dict(),
-    }
-
-
-def _loader(records, root, cfg: ExperimentConfig, batch: int, augment: str, seed: int):
-    dataset = data.RecordDataset(records, root, cfg.backbone.image_size, augment=augment)
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch,
-        shuffle=True,
-        generator=gen,
-        num_workers=cfg.train.num_workers,
-        drop_last=False,
-    )
-
-
-def _stack_anchors(anchors: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    return torch.stack([anchors[n] for n in names], dim=0)
-
-
-def _check_finite(loss: torch.Tensor, stage: int, epoch: int, step: int, last: Path | None):
+def train_step(
+    method: Method, stage: Stage, batch: dict, opt: Optimiser, precision: str = "fp32"
+) -> dict[str, float]:
+    """One step: loss terms -> sum -> finite check -> backward -> step -> scheduler ->
+    `method.after_step`. Returns the terms and their sum ("loss") as floats; raises
+    FloatingPointError before any update when the sum is not finite."""
+    with autocast(method.device, precision):
+        terms = method.loss(stage, batch)
+    loss = sum(terms.values())
     if not torch.isfinite(loss):
-        kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-        raise TrainingDivergedError(
-            f"stage {stage} epoch {epoch} step {step}: loss is {loss.item()}; stopped ({kept})"
-        )
+        raise FloatingPointError(f"loss is {loss.item()}")
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.optimizer.step()
+    if opt.scheduler is not None:
+        opt.scheduler.step()
+    method.after_step(stage)
+    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
 
-def stage1_loss(model: AAClip, batch: dict, device, dataset: str | None) -> torch.Tensor:
-    """Segmentation loss of the stage-1 features against adapted anchors, + disentangle."""
-    cfg = model.cfg
-    images, masks = batch["image"].to(device), batch["mask"].to(device)
-    features, image_embedding = model.stage1_features(images)
-    anchors = _stack_anchors(model.anchors_for(batch["class_name"], dataset), batch["class_name"])
-    size = images.shape[-1]
-    levels = features[-1:] if cfg.stage1_levels == "last" else features
-    loss = sum(
-        losses.segmentation_loss(scoring.training_probs(f, anchors, size), masks) for f in levels
-    )
-    loss = loss + cfg.text_norm_weight * losses.disentangle_loss(anchors)
-    if cfg.stage1_cls_loss:
-        logits = torch.einsum("be,bec->bc", image_embedding, anchors)
-        loss = loss + F.cross_entropy(logits, batch["label"].to(device))
-    return loss
+def _loader(dataset: data.RecordDataset, batch: int, workers: int, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch, shuffle=True, generator=gen, num_workers=workers)
 
 
-def stage2_loss(model: AAClip, batch: dict, anchors: dict, device) -> torch.Tensor:
-    """Classification of the detection feature + segmentation loss summed over levels."""
-    images, masks = batch["image"].to(device), batch["mask"].to(device)
-    seg, det = model.encode_image(images)
-    a = _stack_anchors(anchors, batch["class_name"]).to(det.dtype)
-    logits = torch.einsum("be,bec->bc", det, a)
-    loss = F.cross_entropy(logits.float(), batch["label"].to(device))
-    size = images.shape[-1]
-    for f in seg:
-        loss = loss + losses.segmentation_loss(scoring.training_probs(f, a, size).float(), masks)
-    return loss
+def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    return seed * 1000 + stage * 100 + epoch
 
 
 def _resume_state(run_dir: Path) -> dict | None:
@@ -171,8 +106,20 @@ def _resume_state(run_dir: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
-def _epoch_seed(seed: int, stage: int, epoch: int) -> int:
-    return seed * 1000 + stage * 100 + epoch
+def _check_run_folder(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    """Refuse to continue a run folder that holds another config."""
+    config_file = run_dir / "config.json"
+    if config_file.is_file() and resume:
+        saved = ExperimentConfig.load(config_file).to_dict()
+        if saved != cfg.to_dict():
+            raise ValueError(f"{config_file}: the run folder holds a run with another config")
+
+
+def capped(stages: list[Stage], max_epochs: int | None) -> list[Stage]:
+    """The stages with `train.max_epochs` applied."""
+    if max_epochs is None:
+        return stages
+    return [replace(s, epochs=min(s.epochs, max_epochs)) for s in stages]
 
 
 def train(
@@ -182,7 +129,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
 ) -> TrainResult:
-    """Train both stages; resume from the last finished epoch found in `run_dir`."""
+    """Train every stage of the config's method; resume from the last finished epoch."""
     run_dir = Path(run_dir)
     dev = pick_device(device)
     t = cfg.train
@@ -190,123 +137,102 @@ def train(
     root = Path(cfg.data.train_records).parent
     if t.shots:
         records = data.sample_few_shot(records, t.shots, t.seed)
+    method = create_method(cfg, dev)
+    stages = capped(method.stages(), t.max_epochs)
+    if not any(s.epochs for s in stages):
+        raise ValueError(f"method {cfg.method!r} has no training stage: nothing to train")
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "config.json"
-    if config_file.is_file() and resume:
-        saved = json.loads(config_file.read_text())
-        if saved != json.loads(cfg.to_json()):
-            raise ValueError(f"{config_file}: the run folder holds a run with another config")
-    atomic_write_text(config_file, cfg.to_json())
+    _check_run_folder(run_dir, cfg, resume)
+    atomic_write_text(run_dir / "config.json", cfg.to_json())
 
-    model = init_model(cfg, dev)
     state = _resume_state(run_dir) if resume else None
     done_stage, done_epoch = (state["stage"], state["epoch"]) if state else (0, 0)
-    last_ckpt = checkpoint_path(run_dir, done_stage, done_epoch) if state else None
+    last_ckpt = runs.checkpoint_path(run_dir, done_stage, done_epoch) if state else None
     if last_ckpt is not None:
-        tensors, _ = ck.load_adapters(last_ckpt, model.clip.aaclip_identity)
-        model.load_adapter_state(tensors, str(last_ckpt))
-    log = _read_log(run_dir)
+        tensors, _ = ck.load_adapters(last_ckpt, method.backbone.identity, method.name)
+        method.load_adapter_state(tensors, str(last_ckpt))
+    log = runs.read_log(run_dir)
     written: list[Path] = []
-    dataset_name = cfg.data.train_dataset
+    classes = data.class_names(records)
+    spec = method.input_spec()
 
-    def run(stage: _Stage, start: int) -> None:
-        nonlocal last_ckpt
+    for index, stage in enumerate(stages, start=1):
+        start = done_epoch if index == done_stage else (stage.epochs if index < done_stage else 0)
         if start >= stage.epochs:
-            return
-        model.train()
-        steps = math.ceil(len(records) / stage.batch_size)
+            continue
+        opt = Optimiser.for_stage(method, stage)
+        if state and index == done_stage:
+            opt.load_state_dict(state)
+        method.start_stage(stage, classes, cfg.data.train_dataset)
+        method.train()
+        dataset = data.RecordDataset(
+            records, root, spec.image_size, augment=stage.augment, mean=spec.mean, std=spec.std
+        )
+        steps = math.ceil(len(dataset) / stage.batch_size)
         bar = tqdm(total=(stage.epochs - start) * steps, desc=stage.name, disable=not progress)
         for epoch in range(start + 1, stage.epochs + 1):
-            seed_everything(_epoch_seed(t.seed, stage.number, epoch))
-            loader = _loader(records, root, cfg, stage.batch_size, stage.augment, t.seed + epoch)
-            epoch_losses = []
+            seed_everything(_epoch_seed(t.seed, index, epoch))
+            loader = _loader(dataset, stage.batch_size, t.num_workers, t.seed + epoch)
+            epoch_terms: list[dict[str, float]] = []
             for step, batch in enumerate(loader):
-                with autocast(dev, cfg.backbone.precision):
-                    loss = stage.loss(batch)
-                _check_finite(loss, stage.number, epoch, step, last_ckpt)
-                stage.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                stage.optimizer.step()
-                if stage.scheduler is not None:
-                    stage.scheduler.step()  # MultiStepLR milestones count iterations
-                epoch_losses.append(loss.item())
+                try:
+                    terms = train_step(
+                        method, stage, to_device(batch, dev), opt, cfg.backbone.precision
+                    )
+                except FloatingPointError as err:
+                    kept = (
+                        f"last good checkpoint: {last_ckpt}"
+                        if last_ckpt
+                        else "no checkpoint was written yet"
+                    )
+                    raise TrainingDivergedError(
+                        f"stage {index} ({stage.name}) epoch {epoch} step {step}: {err}; "
+                        f"stopped ({kept})"
+                    ) from None
+                epoch_terms.append(terms)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
-            last_ckpt = _finish_epoch(run_dir, cfg, model, stage, epoch, epoch_losses, log)
+                bar.set_postfix(epoch=epoch, loss=f"{terms['loss']:.4f}")
+            last_ckpt = _finish_epoch(
+                run_dir, cfg, method, index, stage, epoch, epoch_terms, opt, log
+            )
             written.append(last_ckpt)
         bar.close()
-
-    # ---------------- stage 1: text adapters against frozen surgery features
-    opt1 = torch.optim.Adam(model.text_adapter.parameters(), lr=t.stage1_lr, betas=t.betas)
-    stage1 = _Stage(
-        1,
-        "stage 1 (text)",
-        t.stage1_epochs,
-        t.stage1_batch_size,
-        "geometric",
-        opt1,
-        None,
-        lambda batch: stage1_loss(model, batch, dev, dataset_name),
-    )
-    if state and done_stage == 1:
-        opt1.load_state_dict(state["optimizer"])
-    run(stage1, done_epoch if done_stage == 1 else (t.stage1_epochs if done_stage == 2 else 0))
-
-    # ---------------- stage 2: image adapters against fixed adapted anchors
-    model.eval()
-    with torch.no_grad(), autocast(dev, cfg.backbone.precision):
-        names = data.class_names(records)
-        anchors = model.anchors_for(names, dataset_name, adapted=t.stage1_epochs > 0)
-        anchors = {k: v.float() for k, v in anchors.items()}
-    opt2 = torch.optim.Adam(model.image_adapter.parameters(), lr=t.stage2_lr, betas=t.betas)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt2, list(t.milestones), gamma=t.gamma)
-    stage2 = _Stage(
-        2,
-        "stage 2 (image)",
-        t.stage2_epochs,
-        t.stage2_batch_size,
-        "geometric+color",
-        opt2,
-        sched,
-        lambda batch: stage2_loss(model, batch, anchors, dev),
-    )
-    if state and done_stage == 2:
-        opt2.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-    run(stage2, done_epoch if done_stage == 2 else 0)
-    model.eval()
+    method.eval()
     return TrainResult(run_dir, written, log)
 
 
-def _finish_epoch(run_dir, cfg, model, stage: _Stage, epoch, epoch_losses, log) -> Path:
+def _finish_epoch(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    method: Method,
+    index: int,
+    stage: Stage,
+    epoch: int,
+    epoch_terms: list[dict[str, float]],
+    opt: Optimiser,
+    log: list[dict],
+) -> Path:
     """Checkpoint first, then the resume state, then the log line: each write is atomic."""
-    mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
-    path = checkpoint_path(run_dir, stage.number, epoch)
-    meta = _meta(cfg, model, stage.number, epoch, mean_loss)
-    ck.save_adapters(path, model.adapter_state(), meta)
-    resume = {"stage": stage.number, "epoch": epoch, "optimizer": stage.optimizer.state_dict()}
-    if stage.scheduler is not None:
-        resume["scheduler"] = stage.scheduler.state_dict()
-    ck.atomic_torch_save(resume, run_dir / "resume.pt")
-    log.append({"stage": stage.number, "epoch": epoch, "loss": mean_loss, "time": time.time()})
+    means = {k: float(np.mean([t[k] for t in epoch_terms])) for k in (epoch_terms or [{}])[0]}
+    mean_loss = means.pop("loss", float("nan"))
+    path = runs.checkpoint_path(run_dir, index, epoch)
+    meta = {
+        "method": method.name,
+        "stage": index,
+        "stage_name": stage.name,
+        "epoch": epoch,
+        "loss": mean_loss,
+        "loss_terms": means,
+        "backbone": method.backbone.identity,
+        "config": cfg.to_dict(),
+    }
+    ck.save_adapters(path, method.adapter_state(), meta)
+    ck.atomic_torch_save(
+        {"stage": index, "epoch": epoch, **opt.state_dict()}, run_dir / "resume.pt"
+    )
+    log.append(
+        {"stage": index, "stage_name": stage.name, "epoch": epoch, "loss": mean_loss,
+         "terms": means, "time": time.time()}
+    )  # fmt: skip
     atomic_write_text(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
-    return path
-
-
-def _read_log(run_dir: Path) -> list[dict]:
-    path = run_dir / "train_log.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def final_checkpoint(run_dir: str | Path, cfg: ExperimentConfig) -> Path:
-    """The checkpoint `test` evaluates: the configured fixed epoch, else the last stage-2 epoch."""
-    epoch = cfg.train.eval_epoch or cfg.train.stage2_epochs
-    stage = 2 if cfg.train.stage2_epochs > 0 else 1
-    if stage == 1:
-        epoch = cfg.train.eval_epoch or cfg.train.stage1_epochs
-    path = checkpoint_path(Path(run_dir), stage, epoch)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint for epoch {epoch}; has training finished?")
     return path

@@ -66,13 +66,16 @@ def geometric_transform() -> v2.Compose:
 def image_to_tensor(
     image: Image.Image,
     size: int,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
+    mean: Sequence[float] | None = CLIP_MEAN,
+    std: Sequence[float] | None = CLIP_STD,
 ) -> torch.Tensor:
-    """Resize an RGB PIL image to (size, size) bicubic (no crop), to float, normalise."""
+    """Resize an RGB PIL image to (size, size) bicubic (no crop), to float in [0, 1], then
+    normalise with mean/std (None: leave in [0, 1], as MVFA-AD's release does)."""
     image = image.resize((size, size), Image.Resampling.BICUBIC)
     x = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
-    return v2.functional.normalize(x, list(mean), list(std)).as_subclass(torch.Tensor)
+    if mean is not None:
+        x = v2.functional.normalize(x, list(mean), list(std))
+    return x.as_subclass(torch.Tensor)
 
 
 class JointTransform:

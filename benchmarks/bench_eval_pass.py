@@ -11,6 +11,7 @@ what an MVTec image costs (the part of the work that one pass shares).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from aaclip import checkpoints as ck
 from aaclip.config import apply_overrides, preset
 from aaclip.evaluate import evaluate
-from aaclip.train import build_model
+from aaclip.methods import create_method
 
 
 def upscaled(cfg, out: Path, size: int):
@@ -40,7 +41,7 @@ def upscaled(cfg, out: Path, size: int):
                     Image.open(root / rel).resize((size, size), mode).save(out / rel)
         data.write_records(out / f"test{i}.jsonl", records)
         files.append(str(out / f"test{i}.jsonl"))
-    return apply_overrides(cfg, [f"data.test_records={files}".replace("'", '"')])
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_records=tuple(files)))
 
 
 def main() -> None:
@@ -64,10 +65,11 @@ def main() -> None:
         cfg = upscaled(cfg, tmp / "big", args.upscale)
     ckpts = []
     for i in range(args.n):
-        torch.manual_seed(i)
-        model = build_model(cfg, torch.device("cpu"))
+        cfg.train.seed = i
+        model = create_method(cfg, torch.device("cpu"))
         path = tmp / f"ckpt{i}.safetensors"
-        meta = {"stage": 2, "backbone": model.clip.aaclip_identity, "config": cfg.to_dict()}
+        meta = {"method": model.name, "stage": 2, "backbone": model.backbone.identity,
+                "config": cfg.to_dict()}  # fmt: skip
         ck.save_adapters(path, model.adapter_state(), meta)
         ckpts.append(path)
     for aupro in (False, True):

@@ -18,9 +18,9 @@ What it does (fp32, CPU, eval mode, no_grad): builds the released ``ViT-L-14-336
 random weights at 336 px (biases / LayerNorms / embeddings perturbed so that no parameter is
 trivially zero or one), saves its state dict, rebuilds the released model at ``--image-size``
 (positional embedding resized by the released ``resize_pos_embed``) and ours with
-``create_clip(..., weights=file, image_size=...)`` (resized by open_clip). Random xavier
+``create_backbone(..., weights=file, image_size=...)`` (resized by open_clip). Random xavier
 adapters of a released ``AdaptedCLIP`` are imported into ``AAClip`` through
-``checkpoints.load_released`` (released-format ``.pth`` files). It then compares text anchors,
+``methods.aaclip.load_released`` (released-format ``.pth`` files). It then compares text anchors,
 image features, test-time maps, image probabilities, per-class normalised scores (and the
 released ``metrics_eval`` metrics), stage-1 surgery features and the stage-1 / stage-2 losses,
 and prints one table: ``max|ours - released| / max|released|`` per quantity (tolerance 1e-4).
@@ -47,11 +47,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from aaclip import checkpoints, losses, prompts, scoring
-from aaclip import train as our_train
-from aaclip.backbone import create_clip, get_tokenizer
-from aaclip.config import AAClipConfig
-from aaclip.methods.aaclip import AAClip
+from aaclip import losses, prompts, scoring
+from aaclip.backbone import create_backbone, get_tokenizer
+from aaclip.methods.aaclip import AAClip, AAClipConfig, load_released
 
 TOL = 1e-4
 NAME = "ViT-L-14-336"
@@ -131,9 +129,9 @@ def build_backbones(rel, image_size: int, workdir: Path):
         return m.eval()
 
     rel_clip = released_at_size()
-    ours = create_clip(NAME, weights=weights, image_size=image_size)
+    ours = create_backbone(NAME, weights=weights, image_size=image_size)
 
-    rel_sd, our_sd = rel_clip.state_dict(), ours.state_dict()
+    rel_sd, our_sd = rel_clip.state_dict(), ours.clip.state_dict()
     missing, unexpected = sorted(set(rel_sd) - set(our_sd)), sorted(set(our_sd) - set(rel_sd))
     note_row(
         "backbone state-dict keys",
@@ -161,7 +159,7 @@ def build_backbones(rel, image_size: int, workdir: Path):
         "released resize_pos_embed vs open_clip (bicubic, antialias, align_corners=False)",
     )
     gelu_rel = type(rel_clip.visual.transformer.resblocks[0].mlp.gelu).__name__
-    gelu_our = type(ours.visual.transformer.resblocks[0].mlp.gelu).__name__
+    gelu_our = type(ours.clip.visual.transformer.resblocks[0].mlp.gelu).__name__
     note_row("MLP activation", gelu_rel == gelu_our, f"released {gelu_rel}, ours {gelu_our}")
 
     surgery = released_at_size()
@@ -191,7 +189,7 @@ def build_adapted(rel, rel_clip, ours_clip, relu: bool, workdir: Path):
     direct.text_adapter.load_state_dict(adapted.text_adapter.state_dict())
     direct.image_adapter.load_state_dict(adapted.image_adapter.state_dict())
 
-    checkpoints.load_released(model, text_file, image_file)
+    load_released(model, text_file, image_file)
     ref = {**adapted.text_adapter.state_dict(), **adapted.image_adapter.state_dict()}
     got = {**model.text_adapter.state_dict(), **model.image_adapter.state_dict()}
     same = ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -460,8 +458,10 @@ def check_losses(rel, model, stage1, stage2, t_rel, t_our, x, masks, labels):
     ref_total = last + 0.1 * orth
     batch = {"image": x, "mask": mask_t, "label": label_t, "class_name": ["bottle"] * b}
     model.cfg.vv_attention_axis = "batch"
-    our_total = our_train.stage1_loss(model, batch, "cpu", "MVTec")
-    compare("stage-1 total loss (train.stage1_loss)", our_total, ref_total, f"{ref_total:.6f}")
+    text_stage, image_stage = model.stages()
+    model.start_stage(text_stage, ["bottle"], "MVTec")
+    our_total = sum(model.loss(text_stage, batch).values())
+    compare("stage-1 total loss (AAClip.loss, text)", our_total, ref_total, f"{ref_total:.6f}")
     compare(
         "disentangle loss",
         losses.disentangle_loss(tb_our),
@@ -477,8 +477,9 @@ def check_losses(rel, model, stage1, stage2, t_rel, t_our, x, masks, labels):
         lo = losses.segmentation_loss(scoring.training_probs(fo, tb_our, size), mask_t)
         compare(f"stage-2 seg loss level {lvl}", lo, lr, f"{lr.item():.6f}")
         ref2 = ref2 + lr
-    our2 = our_train.stage2_loss(model, batch, {"bottle": t_our}, "cpu")
-    compare("stage-2 total loss (train.stage2_loss)", our2, ref2, f"{ref2.item():.6f}")
+    model._anchors = {"bottle": t_our}  # the fixed adapted anchors start_stage would compute
+    our2 = sum(model.loss(image_stage, batch).values())
+    compare("stage-2 total loss (AAClip.loss, image)", our2, ref2, f"{ref2.item():.6f}")
 
 
 def check_blur_versions():

@@ -14,10 +14,10 @@ torch.set_num_threads(1)  # tiny tensors: threading overhead dominates on 2 core
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from aaclip.backbone import create_clip
+    from aaclip.backbone import create_backbone
 
     torch.manual_seed(0)
-    return create_clip("aaclip-tiny", image_size=64)
+    return create_backbone("aaclip-tiny", image_size=64)
 
 
 @pytest.fixture(scope="session")

@@ -33,34 +33,35 @@ def test_scaled_counts_match_paper_at_full_depth():
 
 
 def test_random_init_is_frozen_and_eval(tiny_clip):
-    assert not any(p.requires_grad for p in tiny_clip.parameters())
-    assert not tiny_clip.training
-    assert tiny_clip.aaclip_identity["weights"] == "random-init-seed0"
+    assert not any(p.requires_grad for p in tiny_clip.clip.parameters())
+    assert not tiny_clip.clip.training
+    assert tiny_clip.identity["weights"] == "random-init-seed0"
 
 
 def test_random_backbone_is_the_same_in_every_process_state():
     torch.manual_seed(1)
-    a = bb.create_clip("aaclip-tiny", image_size=64)
+    a = bb.create_backbone("aaclip-tiny", image_size=64)
     torch.randn(100)
-    b = bb.create_clip("aaclip-tiny", image_size=64)
-    c = bb.create_clip("aaclip-tiny", image_size=64, init_seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
-    assert not torch.equal(a.visual.conv1.weight, c.visual.conv1.weight)
+    b = bb.create_backbone("aaclip-tiny", image_size=64)
+    c = bb.create_backbone("aaclip-tiny", image_size=64, init_seed=1)
+    pairs = zip(a.clip.parameters(), b.clip.parameters(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs)
+    assert not torch.equal(a.clip.visual.conv1.weight, c.clip.visual.conv1.weight)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin", ".pt"])
 def test_local_weights_roundtrip(tmp_path, tiny_clip, suffix):
-    state = {k: v.clone() for k, v in tiny_clip.state_dict().items()}
+    state = {k: v.clone() for k, v in tiny_clip.clip.state_dict().items()}
     path = tmp_path / f"w{suffix}"
     if suffix == ".safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
         torch.save(state, path)
     torch.manual_seed(123)  # a different random init, overwritten by the file
-    model = bb.create_clip("aaclip-tiny", weights=path, image_size=64)
-    for k, v in model.state_dict().items():
+    model = bb.create_backbone("aaclip-tiny", weights=path, image_size=64)
+    for k, v in model.clip.state_dict().items():
         assert torch.equal(v, state[k]), k
-    assert model.aaclip_identity["weights"] == path.name
+    assert model.identity["weights"] == path.name
 
 
 def test_torchscript_archive_is_the_documented_exception(tmp_path, tiny_clip):
@@ -76,7 +77,7 @@ def test_torchscript_archive_is_the_documented_exception(tmp_path, tiny_clip):
         def forward(self, x):
             return x
 
-    state = tiny_clip.state_dict()
+    state = tiny_clip.clip.state_dict()
     scripted = torch.jit.script(Holder(state))
     path = tmp_path / "openai.pt"
     scripted.save(str(path))
@@ -86,25 +87,26 @@ def test_torchscript_archive_is_the_documented_exception(tmp_path, tiny_clip):
 
 def test_image_size_override_resizes_positional_embedding(tmp_path, tiny_clip):
     path = tmp_path / "w.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny_clip.state_dict().items()}, str(path))
-    big = bb.create_clip("aaclip-tiny", weights=path, image_size=96)
-    assert big.visual.positional_embedding.shape[0] == (96 // 8) ** 2 + 1
-    assert torch.equal(big.visual.positional_embedding[0], tiny_clip.visual.positional_embedding[0])
-    assert big.aaclip_identity["image_size"] == 96
+    save_file({k: v.contiguous() for k, v in tiny_clip.clip.state_dict().items()}, str(path))
+    big = bb.create_backbone("aaclip-tiny", weights=path, image_size=96)
+    assert big.clip.visual.positional_embedding.shape[0] == (96 // 8) ** 2 + 1
+    first = tiny_clip.clip.visual.positional_embedding[0]
+    assert torch.equal(big.clip.visual.positional_embedding[0], first)
+    assert big.identity["image_size"] == 96
 
 
 def test_wrong_weights_file_is_refused_by_name(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"something": torch.zeros(3)}, str(path))
     with pytest.raises(ValueError, match="other.safetensors.*does not fit aaclip-tiny"):
-        bb.create_clip("aaclip-tiny", weights=path, image_size=64)
+        bb.create_backbone("aaclip-tiny", weights=path, image_size=64)
 
 
 def test_missing_weights_message_names_file_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv(bb.WEIGHTS_ENV, raising=False)
     missing = tmp_path / "ViT-L-14-336.pt"
     with pytest.raises(bb.WeightsNotFoundError) as err:
-        bb.create_clip("ViT-L-14-336", weights=missing)
+        bb.create_backbone("ViT-L-14-336", weights=missing)
     msg = str(err.value)
     assert str(missing) in msg and bb.WEIGHTS_ENV in msg and "--weights" in msg
 
@@ -136,22 +138,22 @@ def test_missing_weights_cli_exit_2_without_traceback(tmp_path):
 
 
 def test_quick_gelu_switch():
-    gelu = bb.create_clip("aaclip-tiny", image_size=64)
-    quick = bb.create_clip("aaclip-tiny", image_size=64, quick_gelu=True)
-    act = gelu.visual.transformer.resblocks[0].mlp.gelu
-    qact = quick.visual.transformer.resblocks[0].mlp.gelu
+    gelu = bb.create_backbone("aaclip-tiny", image_size=64)
+    quick = bb.create_backbone("aaclip-tiny", image_size=64, quick_gelu=True)
+    act = gelu.clip.visual.transformer.resblocks[0].mlp.gelu
+    qact = quick.clip.visual.transformer.resblocks[0].mlp.gelu
     assert type(act) is torch.nn.GELU
     assert type(qact).__name__ == "QuickGELU"
 
 
 def test_patch_levels_via_open_clip(tiny_clip):
     x = torch.randn(2, 3, 64, 64)
-    levels = bb.patch_levels(tiny_clip, x, (1, 2, 3, 4))
+    levels = bb.patch_levels(tiny_clip.clip, x, (1, 2, 3, 4))
     assert len(levels) == 4 and levels[0].shape == (2, 64, 64)
 
 
 def test_vv_attention_batch_axis_mixes_images_tokens_axis_does_not(tiny_clip):
-    attn = tiny_clip.visual.transformer.resblocks[-1].attn
+    attn = tiny_clip.clip.visual.transformer.resblocks[-1].attn
     torch.manual_seed(0)
     x = torch.randn(3, 10, 64)
     for axis, independent in (("tokens", True), ("batch", False)):
@@ -161,7 +163,7 @@ def test_vv_attention_batch_axis_mixes_images_tokens_axis_does_not(tiny_clip):
 
 
 def test_vv_attention_batch_axis_at_batch_one_is_value_projection(tiny_clip):
-    attn = tiny_clip.visual.transformer.resblocks[0].attn
+    attn = tiny_clip.clip.visual.transformer.resblocks[0].attn
     x = torch.randn(1, 7, 64)
     c = 64
     v = torch.nn.functional.linear(x, attn.in_proj_weight[2 * c :], attn.in_proj_bias[2 * c :])
@@ -170,16 +172,17 @@ def test_vv_attention_batch_axis_at_batch_one_is_value_projection(tiny_clip):
 
 def test_vv_attention_rejects_unknown_axis(tiny_clip):
     with pytest.raises(ValueError, match="vv_attention_axis"):
-        bb.vv_attention(tiny_clip.visual.transformer.resblocks[0].attn, torch.zeros(1, 2, 64), "x")
+        attn = tiny_clip.clip.visual.transformer.resblocks[0].attn
+        bb.vv_attention(attn, torch.zeros(1, 2, 64), "x")
 
 
 def test_surgery_shares_prefix_and_returns_unit_features(tiny_clip):
     x = torch.randn(2, 3, 64, 64)
-    patches, emb = bb.surgery_features(tiny_clip, x, (1, 2, 3, 4), surgery_blocks=3)
+    patches, emb = bb.surgery_features(tiny_clip.clip, x, (1, 2, 3, 4), surgery_blocks=3)
     assert len(patches) == 4 and patches[0].shape == (2, 64, 64)
     assert torch.allclose(patches[2].norm(dim=-1), torch.ones(2, 64), atol=1e-5)
     # the image embedding is CLIP's own (unaltered) image embedding
-    ref = torch.nn.functional.normalize(tiny_clip.encode_image(x), dim=-1)
+    ref = torch.nn.functional.normalize(tiny_clip.clip.encode_image(x), dim=-1)
     assert torch.allclose(emb, ref, atol=1e-5)
 
 
@@ -189,4 +192,4 @@ def test_paper_profile_never_falls_back_to_random_weights(monkeypatch):
     monkeypatch.delenv(bb.WEIGHTS_ENV, raising=False)
     assert preset("paper").backbone.require_weights
     with pytest.raises(bb.WeightsNotFoundError, match=r"aaclip-tiny\.pt.*AACLIP_WEIGHTS"):
-        bb.create_clip("aaclip-tiny", image_size=64, require_weights=True)
+        bb.create_backbone("aaclip-tiny", image_size=64, require_weights=True)

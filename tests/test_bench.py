@@ -14,8 +14,8 @@ def test_bench_rows_appended_with_device(tmp_path):
         )
     assert [r["what"] for r in rows][:3] == [
         "inference+scoring",
-        "stage1 train step",
-        "stage2 train step",
+        "train step (text)",
+        "train step (image)",
     ]
     table = pd.read_csv(tmp_path / "bench.csv")
     assert len(table) == 2 * len(rows)

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from aaclip import data
+from aaclip import data, runs
 from aaclip import train as tr
 from aaclip.config import apply_overrides, preset
 from aaclip.evaluate import evaluate
@@ -40,8 +40,8 @@ def trained(synthetic_root, tmp_path_factory):
             'data.test_datasets=["synthetic-industrial"]',
             'data.test_domains=["industrial"]',
             "backbone.image_size=64",
-            "train.stage1_epochs=1",
-            "train.stage2_epochs=2",
+            "model.stage1_epochs=1",
+            "model.stage2_epochs=2",
         ],
     )
     tr.train(cfg, tmp / "run", progress=False)
@@ -50,7 +50,7 @@ def trained(synthetic_root, tmp_path_factory):
 
 def test_several_checkpoints_in_one_pass_equal_single_passes(trained, tmp_path):
     cfg, run = trained
-    ckpts = [tr.checkpoint_path(run, 2, 1), tr.checkpoint_path(run, 2, 2)]
+    ckpts = [runs.checkpoint_path(run, 2, 1), runs.checkpoint_path(run, 2, 2)]
     both = evaluate(cfg, ckpts, tmp_path / "both", progress=False)
     for c in ckpts:
         single = evaluate(cfg, [c], tmp_path / c.stem, progress=False)
@@ -61,7 +61,7 @@ def test_several_checkpoints_in_one_pass_equal_single_passes(trained, tmp_path):
 
 def test_tables_run_record_and_smoke_note(trained, tmp_path):
     cfg, run = trained
-    evaluate(cfg, [tr.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
+    evaluate(cfg, [runs.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
     stem = tmp_path / "stage2_epoch002" / "synthetic-industrial"
     record = json.loads((stem / "run.json").read_text())
     for key in (
@@ -90,7 +90,7 @@ def test_single_label_class_reports_missing_not_zero(trained, tmp_path, syntheti
     data.write_records(normal_only, recs[:6])
     cfg = apply_overrides(cfg, [f'data.test_records=["{normal_only}"]'])
     with pytest.warns(UserWarning, match="image metrics are undefined"):
-        df = evaluate(cfg, [tr.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
+        df = evaluate(cfg, [runs.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
     row = df.iloc[0]
     assert math.isnan(row.image_auroc) and math.isnan(row.pixel_auroc)
     md = (tmp_path / "stage2_epoch002/synthetic-industrial/metrics.md").read_text()
@@ -105,7 +105,7 @@ def test_classification_only_set_has_no_pixel_metrics(trained, tmp_path, synthet
     path = synthetic_root / "no_masks.jsonl"
     data.write_records(path, no_masks)
     cfg = apply_overrides(cfg, [f'data.test_records=["{path}"]'])
-    df = evaluate(cfg, [tr.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
+    df = evaluate(cfg, [runs.checkpoint_path(run, 2, 2)], tmp_path, progress=False)
     mean = df[df.class_name == "mean"].iloc[0]
     assert math.isnan(mean.pixel_auroc) and not math.isnan(mean.image_auroc)
 
@@ -148,7 +148,7 @@ def test_predict_folder_and_single_image(trained, tmp_path, synthetic_root):
     from aaclip.predict import predict_files
 
     _, run = trained
-    ckpt = tr.checkpoint_path(run, 2, 2)
+    ckpt = runs.checkpoint_path(run, 2, 2)
     folder = synthetic_root / "grass" / "test"
     csv_path = predict_files(ckpt, [folder], "grass", tmp_path / "many")
     table = pd.read_csv(csv_path)
@@ -169,7 +169,7 @@ def test_predict_cli_missing_image_exit_2(trained, tmp_path):
             "aaclip.cli",
             "predict",
             "--checkpoint",
-            str(tr.checkpoint_path(run, 2, 2)),
+            str(runs.checkpoint_path(run, 2, 2)),
             "--description",
             "grass",
             "--out",
@@ -187,7 +187,7 @@ def test_select_on_validation_returns_a_checkpoint_of_the_run(trained, synthetic
 
     cfg, run = trained
     best = protocols.select_on_validation(cfg, run, str(synthetic_root / "eval_test.jsonl"))
-    assert best in protocols.stage2_checkpoints(run, cfg)
+    assert best in runs.stage_checkpoints(run, cfg)
 
 
 def test_select_on_test_is_explicit_and_marks_every_table(trained):

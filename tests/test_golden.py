@@ -12,11 +12,11 @@ order of open_clip / torch changed (a dependency bump), the same applies; the eq
 the authors' released code is checked separately by
 ``benchmarks/check_released_equivalence.py`` (a development check, not a test).
 
-Model: ``torch.manual_seed(0)``, ``create_clip("aaclip-tiny", image_size=64)``, every 1-D
+Model: ``torch.manual_seed(0)``, ``create_backbone("aaclip-tiny", image_size=64)``, every 1-D
 backbone parameter (biases, LayerNorm, embeddings) shifted by seeded noise so that no bias is
 trivially zero, then ``torch.manual_seed(0)`` again and ``AAClip(clip,
 AAClipConfig(class_descriptions="plain"))``: the adapter init is seeded explicitly, so the
-numbers do not depend on how much of the global random stream ``create_clip`` consumes.
+numbers do not depend on how much of the global random stream ``create_backbone`` consumes.
 Input: ``torch.manual_seed(1); torch.randn(2, 3, 64, 64)``; mask: one rectangle in image 1.
 """
 
@@ -26,9 +26,8 @@ import pytest
 import torch
 
 from aaclip import losses, scoring
-from aaclip.backbone import create_clip
-from aaclip.config import AAClipConfig
-from aaclip.methods.aaclip import AAClip
+from aaclip.backbone import create_backbone
+from aaclip.methods.aaclip import AAClip, AAClipConfig
 
 SIZE = 64
 
@@ -77,13 +76,13 @@ GOLDEN = {
 def compute() -> dict[str, float]:
     """Every pinned number, from a freshly built seeded model."""
     torch.manual_seed(0)
-    clip = create_clip("aaclip-tiny", image_size=SIZE)
+    backbone = create_backbone("aaclip-tiny", image_size=SIZE)
     g = torch.Generator().manual_seed(2)
-    for p in clip.parameters():
+    for p in backbone.clip.parameters():
         if p.dim() == 1 and p.numel() > 1:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    torch.manual_seed(0)  # adapter init: independent of what create_clip draws from the stream
-    model = AAClip(clip, AAClipConfig(class_descriptions="plain")).eval()
+    torch.manual_seed(0)  # adapter init: independent of what create_backbone draws from the stream
+    model = AAClip(backbone, AAClipConfig(class_descriptions="plain")).eval()
     torch.manual_seed(1)
     x = torch.randn(2, 3, SIZE, SIZE)
     mask = torch.zeros(2, 1, SIZE, SIZE)
@@ -94,14 +93,14 @@ def compute() -> dict[str, float]:
     def pin(name: str, t: torch.Tensor) -> None:
         out[name] = float(t)
 
-    anchors = model.class_anchors("brick")  # (E, 2)
+    anchors = model.anchors_from_text("brick")  # (E, 2)
     pin("anchors.sum", anchors.sum())
     pin("anchors.abs_sum", anchors.abs().sum())
     pin("anchors[0,0]", anchors[0, 0])
     pin("anchors[7,1]", anchors[7, 1])
     pin("anchors[47,1]", anchors[47, 1])
     pin("anchors.normal_dot_abnormal", anchors[:, 0] @ anchors[:, 1])
-    frozen = model.class_anchors("brick", adapted=False)
+    frozen = model.anchors_from_text("brick", adapted=False)
     pin("frozen_anchors.abs_sum", frozen.abs().sum())
     pin("frozen_anchors[3,1]", frozen[3, 1])
 

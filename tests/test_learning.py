@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from aaclip import runs
 from aaclip import train as tr
 from aaclip.config import preset
 from aaclip.evaluate import evaluate
@@ -17,7 +18,7 @@ def test_smoke_model_beats_chance_on_held_out_classes(synthetic_root, tmp_path):
     cfg = preset("smoke", data_root=str(synthetic_root))
     tr.train(cfg, tmp_path / "run", progress=False)
     table = evaluate(
-        cfg, [tr.final_checkpoint(tmp_path / "run", cfg)], tmp_path / "eval", progress=False
+        cfg, [runs.final_checkpoint(tmp_path / "run", cfg)], tmp_path / "eval", progress=False
     )
     means = table[table.class_name == "mean"].set_index("dataset")
     print(json.dumps(means[["pixel_auroc", "pixel_aupro", "image_auroc"]].to_dict(), indent=1))

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from aaclip import checkpoints as ck
-from aaclip.config import AAClipConfig
-from aaclip.methods.aaclip import AAClip
+from aaclip.methods.aaclip import AAClip, AAClipConfig, load_released
 
 
 def _released_files(tmp_path, model: AAClip, epoch=15):
@@ -37,7 +36,7 @@ def test_released_key_layout_is_mirrored(tiny_clip):
 def test_import_roundtrip_and_outputs_use_the_weights(tiny_clip, tmp_path):
     model = AAClip(tiny_clip, AAClipConfig(class_descriptions="plain"))
     tp, ip, text, image = _released_files(tmp_path, model)
-    ck.load_released(model, tp, ip)
+    load_released(model, tp, ip)
     for k, v in model.text_adapter.state_dict().items():
         assert torch.equal(v, text[k])
     for k, v in model.image_adapter.state_dict().items():
@@ -49,14 +48,14 @@ def test_relu_mismatch_is_refused_with_a_hint(tiny_clip, tmp_path):
     _, ip, _, _ = _released_files(tmp_path, with_relu)
     plain = AAClip(tiny_clip, AAClipConfig(relu=False))
     with pytest.raises(ck.CheckpointMismatchError, match="relu switch"):
-        ck.load_released(plain, None, ip)
+        load_released(plain, None, ip)
 
 
 def test_not_an_aaclip_file_is_refused(tiny_clip, tmp_path):
     path = tmp_path / "x.pth"
     torch.save({"model": {}}, path)
     with pytest.raises(ck.CheckpointMismatchError, match="no 'image_adapter' entry"):
-        ck.load_released(AAClip(tiny_clip), None, path)
+        load_released(AAClip(tiny_clip), None, path)
 
 
 def test_cli_import_then_predict(tiny_clip, tmp_path, synthetic_root):
@@ -83,7 +82,7 @@ def test_cli_import_then_predict(tiny_clip, tmp_path, synthetic_root):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    tensors, meta = ck.load_adapters(out, tiny_clip.aaclip_identity)
+    tensors, meta = ck.load_adapters(out, tiny_clip.identity)
     assert meta["imported_from"] == [str(tp), str(ip)]
     proc = subprocess.run(
         [

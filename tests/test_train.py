@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from aaclip import checkpoints as ck
-from aaclip import data
+from aaclip import data, runs
 from aaclip import train as tr
 from aaclip.config import apply_overrides, preset
+from aaclip.methods.aaclip import AAClip
 
 
 def small_config(root, tmp_path, n=16, **over):
@@ -25,16 +26,16 @@ def small_config(root, tmp_path, n=16, **over):
     overrides = [
         f"data.train_records={subset}",
         "backbone.image_size=64",
-        "train.stage1_epochs=1",
-        "train.stage2_epochs=2",
-        "train.stage1_batch_size=8",
-        "train.stage2_batch_size=4",
+        "model.stage1_epochs=1",
+        "model.stage2_epochs=2",
+        "model.stage1_batch_size=8",
+        "model.stage2_batch_size=4",
     ] + [f"{k}={v}" for k, v in over.items()]
     return apply_overrides(cfg, overrides)
 
 
 def adapters(run_dir, stage, epoch):
-    tensors, meta = ck.load_adapters(tr.checkpoint_path(run_dir, stage, epoch))
+    tensors, meta = ck.load_adapters(runs.checkpoint_path(run_dir, stage, epoch))
     return tensors, meta
 
 
@@ -61,19 +62,19 @@ def test_crash_then_resume_equals_uninterrupted(synthetic_root, tmp_path, monkey
     tr.train(cfg, tmp_path / "straight", progress=False)
 
     calls = {"n": 0}
-    real = tr.stage2_loss
+    real = AAClip.loss
 
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
+    def crashing(self, stage, batch):
+        calls["n"] += stage.name == "image"
         if calls["n"] == 6:  # mid-way through stage-2 epoch 2
             raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
+        return real(self, stage, batch)
 
-    monkeypatch.setattr(tr, "stage2_loss", crashing)
+    monkeypatch.setattr(AAClip, "loss", crashing)
     with pytest.raises(KeyboardInterrupt):
         tr.train(cfg, tmp_path / "crashed", progress=False)
-    assert not tr.checkpoint_path(tmp_path / "crashed", 2, 2).exists()
-    monkeypatch.setattr(tr, "stage2_loss", real)
+    assert not runs.checkpoint_path(tmp_path / "crashed", 2, 2).exists()
+    monkeypatch.setattr(AAClip, "loss", real)
     resumed = tr.train(cfg, tmp_path / "crashed", progress=False)
     assert [p.name for p in resumed.checkpoints] == ["stage2_epoch002.safetensors"]
 
@@ -84,48 +85,51 @@ def test_crash_then_resume_equals_uninterrupted(synthetic_root, tmp_path, monkey
 
 
 def test_resume_refuses_a_run_folder_with_another_config(synthetic_root, tmp_path):
-    cfg = small_config(synthetic_root, tmp_path, **{"train.stage2_epochs": 1})
+    cfg = small_config(synthetic_root, tmp_path, **{"model.stage2_epochs": 1})
     tr.train(cfg, tmp_path / "run", progress=False)
-    other = apply_overrides(cfg, ["train.stage2_lr=0.1"])
+    other = apply_overrides(cfg, ["model.stage2_lr=0.1"])
     with pytest.raises(ValueError, match="another config"):
         tr.train(other, tmp_path / "run", progress=False)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic_root, tmp_path, monkeypatch):
     cfg = small_config(synthetic_root, tmp_path)
-    real = tr.stage2_loss
+    real = AAClip.loss
     calls = {"n": 0}
 
-    def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 5 else loss
+    def poisoned(self, stage, batch):
+        calls["n"] += stage.name == "image"
+        terms = real(self, stage, batch)
+        if calls["n"] == 5:
+            terms["classification"] = terms["classification"] * float("nan")
+        return terms
 
-    monkeypatch.setattr(tr, "stage2_loss", poisoned)
-    with pytest.raises(tr.TrainingDivergedError, match=r"stage 2 epoch 2 .*nan.*stage2_epoch001"):
+    monkeypatch.setattr(AAClip, "loss", poisoned)
+    match = r"stage 2 \(image\) epoch 2 .*nan.*stage2_epoch001"
+    with pytest.raises(tr.TrainingDivergedError, match=match):
         tr.train(cfg, tmp_path / "run", progress=False)
-    assert tr.checkpoint_path(tmp_path / "run", 2, 1).is_file()
-    assert not tr.checkpoint_path(tmp_path / "run", 2, 2).exists()
+    assert runs.checkpoint_path(tmp_path / "run", 2, 1).is_file()
+    assert not runs.checkpoint_path(tmp_path / "run", 2, 2).exists()
     tensors, _ = adapters(tmp_path / "run", 2, 1)
     assert all(torch.isfinite(v).all() for v in tensors.values())
 
 
 def test_checkpoint_from_other_backbone_or_size_is_refused(synthetic_root, tmp_path):
-    cfg = small_config(synthetic_root, tmp_path, **{"train.stage2_epochs": 1})
+    cfg = small_config(synthetic_root, tmp_path, **{"model.stage2_epochs": 1})
     tr.train(cfg, tmp_path / "run", progress=False)
-    path = tr.checkpoint_path(tmp_path / "run", 2, 1)
-    from aaclip.backbone import create_clip
+    path = runs.checkpoint_path(tmp_path / "run", 2, 1)
+    from aaclip.backbone import create_backbone
 
-    bigger = create_clip("aaclip-tiny", image_size=96).aaclip_identity
+    bigger = create_backbone("aaclip-tiny", image_size=96).identity
     with pytest.raises(ck.CheckpointMismatchError, match="image_size: checkpoint 64 vs model 96"):
         ck.load_adapters(path, bigger)
-    other = create_clip("aaclip-tiny-8", image_size=64).aaclip_identity
+    other = create_backbone("aaclip-tiny-8", image_size=64).identity
     with pytest.raises(ck.CheckpointMismatchError, match="name: checkpoint 'aaclip-tiny'"):
         ck.load_adapters(path, other)
 
 
 def test_few_shot_training_uses_k_images_per_class(synthetic_root, tmp_path):
-    cfg = small_config(synthetic_root, tmp_path, **{"train.shots": 2, "train.stage2_epochs": 1})
+    cfg = small_config(synthetic_root, tmp_path, **{"train.shots": 2, "model.stage2_epochs": 1})
     tr.train(cfg, tmp_path / "run", progress=False)
     log = (tmp_path / "run/train_log.jsonl").read_text()
     assert log.count("\n") == 2

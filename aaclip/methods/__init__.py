@@ -1,16 +1,77 @@
-"""Methods registered by name: each wraps a frozen open_clip backbone."""
+"""Methods registered by name; each wraps a shared, frozen open_clip backbone.
+
+Adding a method is one module (its Config, PRESETS and the Method subclass), one entry here
+and its own tests; the contract tests in tests/methods/ cover it automatically.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
 
 from aaclip.methods.aaclip import AAClip
+from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.methods.clip import ClipBaseline
 
-METHODS = {"aaclip": AAClip, "clip": ClipBaseline}
+if TYPE_CHECKING:
+    from aaclip.backbone import Backbone
+    from aaclip.config import ExperimentConfig
+
+METHODS: dict[str, type[Method]] = {"clip": ClipBaseline, "aaclip": AAClip}
 
 
-def get_method(name: str):
-    """The method class registered under `name`."""
+class UnknownMethodError(ValueError):
+    """A method name that is not registered."""
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    """The Method subclass registered under `name`; an unknown name lists the known ones."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+        raise UnknownMethodError(
+            f"unknown method {name!r}; registered: {', '.join(METHODS)} (see `aaclip methods`)"
+        )
     return METHODS[name]
 
 
-__all__ = ["METHODS", "AAClip", "ClipBaseline", "get_method"]
+def config_class(name: str) -> type:
+    """The `model` config dataclass of a method."""
+    return method_class(name).Config
+
+
+def create_method(
+    cfg: ExperimentConfig, device: torch.device | str = "cpu", backbone: Backbone | None = None
+) -> Method:
+    """A fresh method with its trainable state drawn from `train.seed`, on a new or a shared
+    backbone (the backbone's own random init never depends on the global stream)."""
+    from aaclip.backbone import build_backbone
+    from aaclip.runtime import seed_everything
+
+    cls = method_class(cfg.method)
+    seed_everything(cfg.train.seed)
+    backbone = backbone or build_backbone(cfg.backbone, device)
+    method = cls(backbone, cfg.model).to(device)
+    method.precision = cfg.backbone.precision
+    return method.eval()
+
+
+__all__ = [
+    "METHODS",
+    "AAClip",
+    "ClassContext",
+    "ClipBaseline",
+    "InputSpec",
+    "Method",
+    "Prediction",
+    "Stage",
+    "UnknownMethodError",
+    "config_class",
+    "create_method",
+    "list_methods",
+    "method_class",
+]

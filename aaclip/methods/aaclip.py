@@ -1,91 +1,140 @@
 """AA-CLIP (CVPR 2025): residual adapters on a frozen CLIP, as the released code computes them.
 
-Module and parameter names mirror the released checkpoints (`text_adapter`, `image_adapter`
-with `layer_adapters`, `seg_proj`, `det_proj`), so `text_adapter.pth` and
-`image_adapter_N.pth` load with a plain `load_state_dict`.
+Stage "text" trains the text adapters against frozen V-V-surgery patch features; stage
+"image" trains the image adapters against the fixed adapted anchors. Module and parameter
+names mirror the released checkpoints (`text_adapter`, `image_adapter` with
+`layer_adapters`, `seg_proj`, `det_proj`), so the authors' files import with a plain
+`load_state_dict` (`load_released`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from aaclip import backbone as bb
-from aaclip import prompts
-from aaclip.config import AAClipConfig
+from aaclip import config as C
+from aaclip import losses, scoring, text
+from aaclip.adapters import Adapter, Projection, residual_adapt, xavier_init
+from aaclip.backbone import Backbone
+from aaclip.methods.base import ClassContext, Method, Prediction, Stage
+from aaclip.methods.clip import anchor_prediction
 
 
-class Adapter(nn.Module):
-    """Linear (no bias) + LeakyReLU, the residual adapter of every adapted block."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Linear(width, width, bias=False), nn.LeakyReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-
-
-class Projection(nn.Module):
-    """Linear (no bias), optionally followed by LeakyReLU."""
-
-    def __init__(self, c_in: int, c_out: int, relu: bool):
-        super().__init__()
-        linear = nn.Linear(c_in, c_out, bias=False)
-        self.fc = nn.Sequential(linear, nn.LeakyReLU()) if relu else linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)
-
-
-def residual_adapt(x: torch.Tensor, adapter: nn.Module, weight: float) -> torch.Tensor:
-    """x <- w * a + (1 - w) * x with a = adapter(x) rescaled to the per-token norm of x."""
-    a = adapter(x)
-    a = a * x.norm(dim=-1, keepdim=True) / a.norm(dim=-1, keepdim=True)
-    return weight * a + (1 - weight) * x
+@dataclass
+class AAClipConfig:
+    # architecture (None: the paper's block counts scaled to the backbone's depth)
+    text_adapt_weight: float = 0.1
+    text_adapt_until: int | None = None  # 3 of 12 text blocks
+    image_adapt_weight: float = 0.1
+    image_adapt_until: int | None = None  # 6 of 24 vision blocks
+    levels: tuple[int, ...] | None = None  # 1/4, 1/2, 3/4, 1 of the vision depth
+    surgery_blocks: int | None = None  # 19 of 24 vision blocks
+    text_norm_weight: float = 0.1  # weight of the disentangle loss
+    # switches (released defects; see the README)
+    relu: bool = False  # LeakyReLU after the seg/det projections (released default off)
+    vv_attention_axis: str = "batch"  # batch (released defect 2) | tokens
+    class_descriptions: str = "official"  # official | plain
+    stage1_levels: str = "last"  # last (released defect 1) | all
+    stage1_cls_loss: bool = False  # released has none (defect 3); paper Eq. 4 has one
+    # schedule per stage
+    stage1_epochs: int = 5
+    stage1_batch_size: int = 16
+    stage1_lr: float = 1e-5
+    stage2_epochs: int = 20
+    stage2_batch_size: int = 2
+    stage2_lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    milestones: tuple[int, ...] = (16000, 32000)  # iterations, stage 2
+    gamma: float = 0.5
 
 
-class AAClip(nn.Module):
-    """Frozen CLIP + trainable text adapters (stage 1) and image adapters (stage 2)."""
+def _paper(data_root: str = "data") -> C.ExperimentConfig:
+    """ViT-L-14-336 at 518 px, trained on VisA (full-shot), tested zero-shot on ten targets."""
+    return C.ExperimentConfig(
+        method="aaclip",
+        profile="paper",
+        backbone=C.BackboneConfig(require_weights=True),
+        model=AAClipConfig(),
+        data=C.paper_data(data_root),
+    )
 
-    def __init__(self, clip: nn.Module, cfg: AAClipConfig | None = None, tokenizer=None):
-        super().__init__()
-        cfg = cfg or AAClipConfig()
-        self.cfg = cfg
-        self.clip = clip
-        self.tokenizer = tokenizer or bb.get_tokenizer(clip.aaclip_identity["name"])
-        visual = clip.visual
-        v_depth = len(visual.transformer.resblocks)
-        t_depth = len(clip.transformer.resblocks)
-        v_width = visual.conv1.out_channels
-        t_width = clip.token_embedding.embedding_dim
-        embed = clip.text_projection.shape[1]
 
-        self.levels = tuple(cfg.levels or bb.default_levels(v_depth))
-        self.text_adapt_until = cfg.text_adapt_until or bb.scaled_count(3, 12, t_depth)
-        self.image_adapt_until = cfg.image_adapt_until or bb.scaled_count(6, 24, v_depth)
-        self.surgery_blocks = cfg.surgery_blocks or bb.scaled_count(19, 24, v_depth)
+def _smoke(data_root: str = "data/synthetic") -> C.ExperimentConfig:
+    """Tiny random CLIP on the embedded set. Learning rates and epochs are larger than the
+    paper's because the model starts from random weights; every switch is the released one."""
+    return C.ExperimentConfig(
+        method="aaclip",
+        profile="smoke",
+        backbone=C.smoke_backbone(),
+        model=AAClipConfig(
+            class_descriptions="plain",
+            stage1_epochs=4,
+            stage1_batch_size=8,
+            stage1_lr=1e-3,
+            stage2_epochs=20,
+            stage2_batch_size=8,
+            stage2_lr=5e-3,
+        ),
+        eval=C.EvalConfig(batch_size=32),
+        data=C.smoke_data(data_root),
+    )
 
-        self.text_adapter = nn.ModuleList(
-            [Adapter(t_width) for _ in range(self.text_adapt_until)]
-            + [Projection(t_width, embed, relu=True)]  # replaces CLIP's text_projection
+
+class AAClip(Method):
+    """Frozen CLIP + trainable text adapters (stage "text") and image adapters ("image")."""
+
+    name = "aaclip"
+    summary = "AA-CLIP (CVPR 2025): text then image residual adapters, disentangle loss"
+    Config = AAClipConfig
+    PRESETS = {"paper": _paper, "smoke": _smoke}
+    ABLATIONS = {
+        "stage1_levels_all": ["model.stage1_levels=all"],
+        "vv_attention_tokens": ["model.vv_attention_axis=tokens"],
+        "stage1_cls_loss": ["model.stage1_cls_loss=true"],
+        "quick_gelu": ["backbone.quick_gelu=true"],
+        "no_text_adaptation": ["model.stage1_epochs=0"],
+    }
+
+    def __init__(self, backbone: Backbone, cfg: AAClipConfig | None = None):
+        super().__init__(backbone, cfg)
+        cfg = self.cfg
+        b = backbone
+        self.levels = b.levels(cfg.levels)
+        self.text_adapt_until = cfg.text_adapt_until or bb.scaled_count(3, 12, b.text_depth)
+        self.image_adapt_until = cfg.image_adapt_until or bb.scaled_count(6, 24, b.vision_depth)
+        self.surgery_blocks = cfg.surgery_blocks or bb.scaled_count(19, 24, b.vision_depth)
+        self.adapters["text_adapter"] = nn.ModuleList(
+            [Adapter(b.text_width) for _ in range(self.text_adapt_until)]
+            + [Projection(b.text_width, b.embed_dim, relu=True)]  # replaces text_projection
         )
-        self.image_adapter = nn.ModuleDict(
+        self.adapters["image_adapter"] = nn.ModuleDict(
             {
                 "layer_adapters": nn.ModuleList(
-                    [Adapter(v_width) for _ in range(self.image_adapt_until)]
+                    [Adapter(b.vision_width) for _ in range(self.image_adapt_until)]
                 ),
                 "seg_proj": nn.ModuleList(
-                    [Projection(v_width, embed, cfg.relu) for _ in self.levels]
+                    [Projection(b.vision_width, b.embed_dim, cfg.relu) for _ in self.levels]
                 ),
-                "det_proj": Projection(v_width, embed, cfg.relu),
+                "det_proj": Projection(b.vision_width, b.embed_dim, cfg.relu),
             }
         )
-        for p in [*self.text_adapter.parameters(), *self.image_adapter.parameters()]:
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        self.clip.requires_grad_(False)
+        xavier_init(self.text_adapter, self.image_adapter)
+        self.text_adapted = False  # True once stage "text" ran or trained weights were loaded
+        self._dataset: str | None = None
+        self._anchors: dict[str, torch.Tensor] = {}
+
+    @property
+    def text_adapter(self) -> nn.ModuleList:
+        return self.adapters["text_adapter"]
+
+    @property
+    def image_adapter(self) -> nn.ModuleDict:
+        return self.adapters["image_adapter"]
 
     # ---------------------------------------------------------------- text
     def encode_text(self, tokens: torch.Tensor, adapted: bool = True) -> torch.Tensor:
@@ -102,25 +151,30 @@ class AAClip(nn.Module):
         eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         return self.text_adapter[-1](eot)
 
-    def class_anchors(self, description: str, adapted: bool = True) -> torch.Tensor:
-        """Anchors (E, 2) for one class: column 0 normal, column 1 abnormal."""
-        device = self.clip.token_embedding.weight.device
-        columns = []
-        for sentences in prompts.prompt_sentences(description):
-            tokens = self.tokenizer(sentences).to(device)
-            features = F.normalize(self.encode_text(tokens, adapted), dim=-1)
-            columns.append(F.normalize(features.mean(0), dim=0))
-        return torch.stack(columns, dim=1)
+    def anchors_from_text(self, description: str, adapted: bool = True) -> torch.Tensor:
+        """Anchors (E, 2) for a description: column 0 normal, column 1 abnormal."""
+        return text.ensemble_anchors(
+            lambda t: self.encode_text(t, adapted),
+            self.backbone.tokenizer,
+            description,
+            self.device,
+        )
 
     def anchors_for(
         self, class_names: list[str], dataset: str | None, adapted: bool = True
     ) -> dict[str, torch.Tensor]:
         """Anchors for each distinct class name, with the configured description table."""
-        out = {}
-        for name in dict.fromkeys(class_names):
-            text = prompts.describe(name, dataset, self.cfg.class_descriptions)
-            out[name] = self.class_anchors(text, adapted)
-        return out
+        mode = self.cfg.class_descriptions
+        return {
+            name: self.anchors_from_text(text.class_text(name, dataset, mode, None), adapted)
+            for name in dict.fromkeys(class_names)
+        }
+
+    def class_anchors(
+        self, class_name: str, dataset: str | None, description: str | None = None
+    ) -> torch.Tensor:
+        desc = text.class_text(class_name, dataset, self.cfg.class_descriptions, description)
+        return self.anchors_from_text(desc, adapted=self.text_adapted)
 
     # ---------------------------------------------------------------- image
     def encode_image(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -153,32 +207,109 @@ class AAClip(nn.Module):
         )
         return [p + image_embedding.unsqueeze(1) for p in patches], image_embedding
 
-    def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Trainable weights only (never the frozen backbone), flat names."""
-        return {
-            **{f"text_adapter.{k}": v for k, v in self.text_adapter.state_dict().items()},
-            **{f"image_adapter.{k}": v for k, v in self.image_adapter.state_dict().items()},
-        }
+    def predict(self, images: torch.Tensor, ctx: ClassContext) -> Prediction:
+        return anchor_prediction(self, images, ctx)
 
-    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint"):
-        """Load weights saved by `adapter_state`; a shape mismatch names the tensor."""
-        own = self.adapter_state()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{source}: adapter weights do not fit this model: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}"
+    # ---------------------------------------------------------------- training
+    @classmethod
+    def schedule(cls, cfg: AAClipConfig) -> list[Stage]:
+        return [
+            Stage("text", cfg.stage1_epochs, cfg.stage1_batch_size, cfg.stage1_lr, cfg.betas,
+                  augment="geometric"),
+            Stage("image", cfg.stage2_epochs, cfg.stage2_batch_size, cfg.stage2_lr, cfg.betas,
+                  cfg.milestones, cfg.gamma, augment="geometric+color"),
+        ]  # fmt: skip
+
+    def param_groups(self, stage: Stage) -> list[dict]:
+        module = self.text_adapter if stage.name == "text" else self.image_adapter
+        return [{"params": list(module.parameters())}]
+
+    def start_stage(self, stage: Stage, classes: list[str], dataset: str | None) -> None:
+        self._dataset = dataset
+        if stage.name == "text":
+            self.text_adapted = True
+            return
+        was_training = self.training
+        self.eval()
+        with torch.no_grad(), self.autocast():  # stage "image": fixed (adapted) anchors
+            anchors = self.anchors_for(classes, dataset, adapted=self.text_adapted)
+        self._anchors = {k: v.float() for k, v in anchors.items()}
+        self.train(was_training)
+
+    def loss(self, stage: Stage, batch: dict) -> dict[str, torch.Tensor]:
+        if stage.name == "text":
+            return self._text_loss(batch)
+        return self._image_loss(batch)
+
+    def _text_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Segmentation of the stage-1 features against adapted anchors, + disentangle."""
+        cfg = self.cfg
+        images, masks = batch["image"], batch["mask"]
+        features, image_embedding = self.stage1_features(images)
+        names = batch["class_name"]
+        per_class = self.anchors_for(names, self._dataset)
+        anchors = torch.stack([per_class[n] for n in names], dim=0)
+        size = images.shape[-1]
+        use = (
+            range(len(self.levels))[-1:] if cfg.stage1_levels == "last" else range(len(self.levels))
+        )
+        terms = {
+            f"segmentation_level{self.levels[i]}": losses.segmentation_loss(
+                scoring.training_probs(features[i], anchors, size), masks
             )
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(
-                    f"{source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
-                )
-        for prefix, module in (
-            ("text_adapter.", self.text_adapter),
-            ("image_adapter.", self.image_adapter),
-        ):
-            module.load_state_dict(
-                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            for i in use
+        }
+        terms["disentangle"] = cfg.text_norm_weight * losses.disentangle_loss(anchors)
+        if cfg.stage1_cls_loss:
+            logits = torch.einsum("be,bec->bc", image_embedding, anchors)
+            terms["classification"] = F.cross_entropy(logits, batch["label"])
+        return terms
+
+    def _image_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Classification of the detection feature + segmentation loss per level."""
+        images, masks = batch["image"], batch["mask"]
+        seg, det = self.encode_image(images)
+        a = torch.stack([self._anchors[n] for n in batch["class_name"]], dim=0).to(det.dtype)
+        logits = torch.einsum("be,bec->bc", det, a)
+        terms = {"classification": F.cross_entropy(logits.float(), batch["label"])}
+        size = images.shape[-1]
+        for level, f in zip(self.levels, seg, strict=True):
+            probs = scoring.training_probs(f, a, size).float()
+            terms[f"segmentation_level{level}"] = losses.segmentation_loss(probs, masks)
+        return terms
+
+    def on_load(self) -> None:
+        # Without stage-1 epochs the anchors come from the frozen CLIP text encoder.
+        self.text_adapted = self.cfg.stage1_epochs > 0
+
+
+def load_released(
+    model: AAClip, text_path: str | Path | None, image_path: str | Path | None
+) -> None:
+    """Import the authors' `text_adapter.pth` / `image_adapter[_N].pth` into an AAClip model."""
+    from aaclip.checkpoints import CheckpointMismatchError
+
+    for path, key, module in (
+        (text_path, "text_adapter", model.text_adapter),
+        (image_path, "image_adapter", model.image_adapter),
+    ):
+        if path is None:
+            continue
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or key not in blob:
+            raise CheckpointMismatchError(f"{path}: no '{key}' entry; is this an AA-CLIP file?")
+        own = module.state_dict()
+        state = blob[key]
+        bad = [
+            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and own[k].shape != v.shape
+        ]
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if bad or missing or unexpected:
+            raise CheckpointMismatchError(
+                f"{path}: does not fit this model (shapes: {bad[:2]}, missing: {missing[:2]}, "
+                f"unexpected: {unexpected[:2]}); check the backbone and the relu switch"
             )
+        module.load_state_dict(state)
+    model.on_load()

@@ -6,45 +6,80 @@ tokens of the last block (ln_post, proj) and anchors from CLIP's own text encode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from aaclip import backbone as bb
-from aaclip import prompts
-from aaclip.config import AAClipConfig
+from aaclip import config as C
+from aaclip import scoring, text
+from aaclip.methods.base import ClassContext, Method, Prediction
 
 
-class ClipBaseline(nn.Module):
-    """Same interface as `AAClip` for evaluation: `anchors_for` and `encode_image`."""
+@dataclass
+class ClipConfig:
+    class_descriptions: str = "official"  # official | plain (see aaclip.prompts.describe)
 
-    text_adapted = False
 
-    def __init__(self, clip: nn.Module, cfg: AAClipConfig | None = None, tokenizer=None):
-        super().__init__()
-        self.cfg = cfg or AAClipConfig()
-        self.clip = clip
-        self.tokenizer = tokenizer or bb.get_tokenizer(clip.aaclip_identity["name"])
-        self.levels = (len(clip.visual.transformer.resblocks),)
+def _paper(data_root: str = "data") -> C.ExperimentConfig:
+    return C.ExperimentConfig(
+        method="clip",
+        profile="paper",
+        backbone=C.BackboneConfig(require_weights=True),
+        model=ClipConfig(),
+        data=C.paper_data(data_root),
+    )
 
-    def class_anchors(self, description: str, adapted: bool = False) -> torch.Tensor:
-        device = self.clip.token_embedding.weight.device
-        columns = []
-        for sentences in prompts.prompt_sentences(description):
-            features = self.clip.encode_text(self.tokenizer(sentences).to(device))
-            columns.append(F.normalize(F.normalize(features, dim=-1).mean(0), dim=0))
-        return torch.stack(columns, dim=1)
 
-    def anchors_for(self, class_names, dataset, adapted: bool = False) -> dict:
-        return {
-            n: self.class_anchors(prompts.describe(n, dataset, self.cfg.class_descriptions))
-            for n in dict.fromkeys(class_names)
-        }
+def _smoke(data_root: str = "data/synthetic") -> C.ExperimentConfig:
+    return C.ExperimentConfig(
+        method="clip",
+        profile="smoke",
+        backbone=C.smoke_backbone(),
+        model=ClipConfig(class_descriptions="plain"),
+        eval=C.EvalConfig(batch_size=32),
+        data=C.smoke_data(data_root),
+    )
+
+
+class ClipBaseline(Method):
+    """Frozen CLIP: last-block patch tokens against frozen-text anchors; no training."""
+
+    name = "clip"
+    summary = "frozen CLIP with AA-CLIP's prompt ensemble and scoring (no training)"
+    Config = ClipConfig
+    PRESETS = {"paper": _paper, "smoke": _smoke}
+
+    def class_anchors(
+        self, class_name: str, dataset: str | None, description: str | None = None
+    ) -> torch.Tensor:
+        desc = text.class_text(class_name, dataset, self.cfg.class_descriptions, description)
+        return frozen_anchors(self, desc)
 
     def encode_image(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Last-block patch embeddings [(B, L, E)] and the image embedding (B, E), normalised."""
         visual = self.clip.visual
         out = visual.forward_intermediates(
-            images, indices=[len(visual.transformer.resblocks) - 1], output_fmt="NLC"
+            images, indices=[self.backbone.vision_depth - 1], output_fmt="NLC"
         )
         tokens = visual.ln_post(out["image_intermediates"][-1]) @ visual.proj
         return [F.normalize(tokens, dim=-1)], F.normalize(out["image_features"], dim=-1)
+
+    def predict(self, images: torch.Tensor, ctx: ClassContext) -> Prediction:
+        return anchor_prediction(self, images, ctx)
+
+
+def frozen_anchors(method: Method, description: str) -> torch.Tensor:
+    """(E, 2) anchors from CLIP's own (frozen) text encoder."""
+    b = method.backbone
+    return text.ensemble_anchors(b.clip.encode_text, b.tokenizer, description, b.device)
+
+
+def anchor_prediction(method: Method, images: torch.Tensor, ctx: ClassContext) -> Prediction:
+    """AA-CLIP-style raw outputs: summed per-level maps against the anchors, and p(abnormal)
+    of the detection feature. For methods whose `encode_image` returns (levels, det)."""
+    with method.autocast():
+        seg, det = method.encode_image(images)
+    size = images.shape[-1]
+    maps = scoring.anomaly_map(seg, ctx.text, size, ctx.domain)
+    return Prediction(maps, scoring.image_probability(det, ctx.text))
