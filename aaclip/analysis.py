@@ -587,10 +587,7 @@ def ablation_variants(cfg: ExperimentConfig) -> dict[str, list[str]]:
     """
     from aaclip.methods import method_class
 
-    other = "plain" if cfg.model.class_descriptions == "official" else "official"
-    variants = {"default": [], **method_class(cfg.method).ABLATIONS}
-    variants[f"class_descriptions_{other}"] = [f"model.class_descriptions={other}"]
-    return variants
+    return {"default": [], **method_class(cfg.method).ablations(cfg.model)}
 
 
 @dataclass

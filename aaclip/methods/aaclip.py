@@ -92,13 +92,20 @@ class AAClip(Method):
     summary = "AA-CLIP (CVPR 2025): text then image residual adapters, disentangle loss"
     Config = AAClipConfig
     PRESETS = {"paper": _paper, "smoke": _smoke}
-    ABLATIONS = {
-        "stage1_levels_all": ["model.stage1_levels=all"],
-        "vv_attention_tokens": ["model.vv_attention_axis=tokens"],
-        "stage1_cls_loss": ["model.stage1_cls_loss=true"],
-        "quick_gelu": ["backbone.quick_gelu=true"],
-        "no_text_adaptation": ["model.stage1_epochs=0"],
-    }
+
+    @classmethod
+    def ablations(cls, cfg: AAClipConfig) -> dict[str, list[str]]:
+        """One override list per released-defect switch. The description switch flips
+        whatever the profile uses (paper: official -> plain; smoke: plain -> official)."""
+        other = "plain" if cfg.class_descriptions == "official" else "official"
+        return {
+            "stage1_levels_all": ["model.stage1_levels=all"],
+            "vv_attention_tokens": ["model.vv_attention_axis=tokens"],
+            f"class_descriptions_{other}": [f"model.class_descriptions={other}"],
+            "stage1_cls_loss": ["model.stage1_cls_loss=true"],
+            "quick_gelu": ["backbone.quick_gelu=true"],
+            "no_text_adaptation": ["model.stage1_epochs=0"],
+        }
 
     def __init__(self, backbone: Backbone, cfg: AAClipConfig | None = None):
         super().__init__(backbone, cfg)

@@ -94,7 +94,6 @@ class Method(nn.Module):
     summary: ClassVar[str]  # one line for `aaclip methods`
     Config: ClassVar[type]  # dataclass: the `model` section of an ExperimentConfig
     PRESETS: ClassVar[dict[str, Callable[..., Any]]] = {}  # profile -> ExperimentConfig factory
-    ABLATIONS: ClassVar[dict[str, list[str]]] = {}  # named override lists for notebook 05
     batch_independent: ClassVar[bool] = True  # False: a released quirk mixes a batch's images
 
     adapters: nn.ModuleDict
@@ -116,6 +115,11 @@ class Method(nn.Module):
     def input_spec(self) -> InputSpec:
         """Image size and normalisation for the training and evaluation loaders."""
         return InputSpec(self.backbone.image_size)
+
+    @classmethod
+    def ablations(cls, cfg: Any) -> dict[str, list[str]]:
+        """Named override lists, one per switch worth ablating (notebook 05), in order."""
+        return {}
 
     @classmethod
     def schedule(cls, cfg: Any) -> list[Stage]:
