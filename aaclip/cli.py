@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -20,13 +21,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aaclip.checkpoints import CheckpointMismatchError
     from aaclip.data import RecordError
     from aaclip.methods import UnknownMethodError
-    from aaclip.train import TrainingDivergedError
+    from aaclip.train import RunFolderError, TrainingDivergedError
 
     errors: list[type[BaseException]] = [
         WeightsNotFoundError,
         CheckpointMismatchError,
         RecordError,
         TrainingDivergedError,
+        RunFolderError,
         UnknownMethodError,
         FileNotFoundError,
         ValueError,
@@ -38,6 +40,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errors)
+
+
+def _absolute_data(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Data paths made absolute (against the current folder), so a run's config.json works
+    from any folder (`aaclip test --run /abs/path`)."""
+    d = cfg.data
+    d.train_records = str(Path(d.train_records).expanduser().absolute())
+    d.test_records = tuple(str(Path(p).expanduser().absolute()) for p in d.test_records)
+    return cfg
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -52,7 +63,7 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     overrides = list(args.set or [])
     if getattr(args, "weights", None):
         overrides.append(f"backbone.weights={args.weights}")
-    return apply_overrides(cfg, overrides)
+    return _absolute_data(apply_overrides(cfg, overrides))
 
 
 def cmd_prepare(args: argparse.Namespace, rest: list[str]) -> int:
@@ -73,11 +84,33 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from aaclip.config import describe_settings
+
+    cfg = _config(args)
+    rows = describe_settings(cfg)
+    width = max(len(k) for k, _, _ in rows)
+    print(f"# {cfg.method}, profile {cfg.profile}: every --set KEY=VALUE")
+    for key, value, meaning in rows:
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        print(f"{key:<{width}}  {shown}" + (f"  # {meaning}" if meaning else ""))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from aaclip.train import train
 
     cfg = _config(args)
-    result = train(cfg, args.run, device=args.device, resume=not args.no_resume)
+    try:
+        result = train(cfg, args.run, device=args.device, fresh=args.fresh or args.no_resume)
+    except KeyboardInterrupt:
+        import torch
+
+        path = Path(args.run) / "resume.pt"
+        state = torch.load(path, weights_only=True) if path.is_file() else None
+        where = f"stage {state['stage']} after epoch {state['epoch']}" if state else "the start"
+        print(f"aaclip: interrupted; the same command resumes from {where}", file=sys.stderr)
+        return 2
     print(f"trained: {len(result.checkpoints)} new checkpoints in {result.run_dir}/checkpoints")
     return 0
 
@@ -92,7 +125,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         cfg = ExperimentConfig.load(run / "config.json")
         if args.method and args.method != cfg.method:
             raise ValueError(f"{run}: a {cfg.method} run; --method {args.method} differs")
-        cfg = apply_overrides(cfg, list(args.set or []))
+        overrides = list(args.set or [])
+        if args.weights:
+            overrides.append(f"backbone.weights={args.weights}")
+        cfg = apply_overrides(cfg, overrides)
     else:
         cfg = _config(args)
     trains = bool(runs.last_stage(cfg)[0])
@@ -209,13 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the registered methods, their stages and presets")
 
+    sp = sub.add_parser("config", help="print every --set key of a profile with its value")
+    experiment(sp)
+
     sp = sub.add_parser("prepare", help="build the synthetic set or convert a raw dataset tree")
     sp.add_argument("dataset", choices=CONVERTERS)
 
     sp = sub.add_parser("train", help="train every stage of a method (resumes by default)")
     experiment(sp)
     sp.add_argument("--run", required=True, help="run folder")
-    sp.add_argument("--no-resume", action="store_true")
+    sp.add_argument(
+        "--fresh", action="store_true", help="start over: move an existing run in --run aside"
+    )
+    sp.add_argument("--no-resume", action="store_true", help="same as --fresh")
 
     sp = sub.add_parser("test", help="evaluate a run's checkpoint on its test sets")
     experiment(sp)
@@ -275,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = parser.parse_args(argv), []
     handlers = {
         "methods": cmd_methods,
+        "config": cmd_config,
         "train": cmd_train,
         "test": cmd_test,
         "predict": cmd_predict,

@@ -18,9 +18,9 @@ from typing import Any
 
 @dataclass
 class BackboneConfig:
-    name: str = "ViT-L-14-336"
+    name: str = "ViT-L-14-336"  # open_clip architecture, or a tiny test config (aaclip-tiny)
     weights: str | None = None  # local file; None -> $AACLIP_WEIGHTS, else random init
-    image_size: int = 518
+    image_size: int = 518  # input size; positional embedding resized to it
     quick_gelu: bool = False  # released code builds plain GELU although OpenAI trained QuickGELU
     precision: str = "fp32"  # fp32 | bf16 (autocast on GPU; weights stay fp32)
     require_weights: bool = False  # paper: refuse to run on a random initialisation
@@ -28,25 +28,25 @@ class BackboneConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 111
+    seed: int = 111  # adapter init and every epoch's shuffling and augmentation
     shots: int | None = None  # None = full-shot, else k-shot sampled from the training records
-    num_workers: int = 0
+    num_workers: int = 0  # training loader processes
     max_epochs: int | None = None  # caps every stage (quick runs, ablations); None = as scheduled
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 16
+    batch_size: int = 16  # evaluation batch
     epoch: int | None = None  # checkpoint `test` scores (last stage); None -> its last epoch
-    num_workers: int = 0
+    num_workers: int = 0  # evaluation loader processes
 
 
 @dataclass
 class DataConfig:
-    train_records: str = "data/VisA/test.jsonl"
-    train_dataset: str = "VisA"
-    test_records: tuple[str, ...] = ("data/MVTec/test.jsonl",)
-    test_datasets: tuple[str, ...] = ("MVTec",)
+    train_records: str = "data/VisA/test.jsonl"  # JSONL records the method trains on
+    train_dataset: str = "VisA"  # its name (description table lookup)
+    test_records: tuple[str, ...] = ("data/MVTec/test.jsonl",)  # one JSONL per test set
+    test_datasets: tuple[str, ...] = ("MVTec",)  # their names, same order
     test_domains: tuple[str, ...] = ()  # per test set; empty -> dataset table (else industrial)
 
 
@@ -232,3 +232,33 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
             raise ValueError(f"override {item!r}: unknown key {leaf!r}; known: {sorted(node)}")
         node[leaf] = value
     return ExperimentConfig.from_dict(d)
+
+
+def _field_notes(kind: type) -> dict[str, str]:
+    """The trailing `# comment` of each field in a config dataclass's source: its meaning."""
+    import inspect
+
+    notes: dict[str, str] = {}
+    try:
+        lines = inspect.getsource(kind).splitlines()
+    except (OSError, TypeError):
+        return notes
+    for line in lines:
+        head, sep, comment = line.partition("  # ")
+        name = head.strip().split(":", 1)[0]
+        if sep and name.isidentifier():
+            notes[name] = comment.strip()
+    return notes
+
+
+def describe_settings(cfg: ExperimentConfig) -> list[tuple[str, object, str]]:
+    """(`--set` key, current value, meaning) for every setting of a config."""
+    rows: list[tuple[str, object, str]] = []
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        notes = _field_notes(type(value))
+        for f in dataclasses.fields(value):
+            rows.append((f"{section.name}.{f.name}", getattr(value, f.name), notes.get(f.name, "")))
+    return rows

@@ -106,13 +106,69 @@ def _resume_state(run_dir: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
-def _check_run_folder(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
-    """Refuse to continue a run folder that holds another config."""
+class RunFolderError(ValueError):
+    """A run folder holds another run; the message names the differing keys and the ways out."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(old: ExperimentConfig, new: ExperimentConfig) -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} for every setting that differs."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _grows_epochs(old: ExperimentConfig, new: ExperimentConfig, done_stage: int) -> bool:
+    """True when `new` only adds epochs to the stage being trained or to later ones."""
+    diff = config_diff(old, new)
+    if not all(k.endswith("epochs") for k in diff):
+        return False
+    from aaclip.methods import method_class
+
+    was = capped(method_class(old.method).schedule(old.model), old.train.max_epochs)
+    now = capped(method_class(new.method).schedule(new.model), new.train.max_epochs)
+    return all(
+        n.epochs == w.epochs if i < done_stage else n.epochs >= w.epochs
+        for i, (w, n) in enumerate(zip(was, now, strict=True), start=1)
+    )
+
+
+def _prepare_run_folder(run_dir: Path, cfg: ExperimentConfig, fresh: bool) -> None:
+    """Make `run_dir` ready: move an old run aside (fresh), or check it is this run.
+
+    A folder whose config was written but that has no checkpoint yet (a run that failed
+    before its first epoch) is not a lock: it is reused. A finished run whose config only
+    grows the epochs continues.
+    """
+    state = (run_dir / "resume.pt").is_file() or any((run_dir / "checkpoints").glob("*"))
+    if fresh and run_dir.is_dir() and any(run_dir.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+        run_dir.rename(aside)  # one atomic rename: nothing of the old run is mixed in
+        print(f"moved the previous run aside: {aside}")
+        state = False
     config_file = run_dir / "config.json"
-    if config_file.is_file() and resume:
-        saved = ExperimentConfig.load(config_file).to_dict()
-        if saved != cfg.to_dict():
-            raise ValueError(f"{config_file}: the run folder holds a run with another config")
+    if state and config_file.is_file():
+        old = ExperimentConfig.load(config_file)
+        saved = _resume_state(run_dir)
+        done = saved["stage"] if saved else 0
+        if old.to_dict() != cfg.to_dict() and not _grows_epochs(old, cfg, done):
+            diff = config_diff(old, cfg)
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:4])
+            more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
+            raise RunFolderError(
+                f"{config_file}: the run folder holds a run with another config ({shown}{more}); "
+                "use another --run folder, or --fresh to move this run aside"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def capped(stages: list[Stage], max_epochs: int | None) -> list[Stage]:
@@ -128,8 +184,12 @@ def train(
     device: str | None = None,
     resume: bool = True,
     progress: bool = True,
+    fresh: bool = False,
 ) -> TrainResult:
-    """Train every stage of the config's method; resume from the last finished epoch."""
+    """Train every stage of the config's method; resume from the last finished epoch.
+
+    `fresh=True` (or `resume=False`) moves an existing run in `run_dir` aside first.
+    """
     run_dir = Path(run_dir)
     dev = pick_device(device)
     t = cfg.train
@@ -141,11 +201,10 @@ def train(
     stages = capped(method.stages(), t.max_epochs)
     if not any(s.epochs for s in stages):
         raise ValueError(f"method {cfg.method!r} has no training stage: nothing to train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_folder(run_dir, cfg, resume)
+    _prepare_run_folder(run_dir, cfg, fresh or not resume)
     atomic_write_text(run_dir / "config.json", cfg.to_json())
 
-    state = _resume_state(run_dir) if resume else None
+    state = _resume_state(run_dir)
     done_stage, done_epoch = (state["stage"], state["epoch"]) if state else (0, 0)
     last_ckpt = runs.checkpoint_path(run_dir, done_stage, done_epoch) if state else None
     if last_ckpt is not None:

@@ -28,9 +28,9 @@ from aaclip.methods.clip import anchor_prediction
 @dataclass
 class AAClipConfig:
     # architecture (None: the paper's block counts scaled to the backbone's depth)
-    text_adapt_weight: float = 0.1
+    text_adapt_weight: float = 0.1  # residual weight of the text adapters
     text_adapt_until: int | None = None  # 3 of 12 text blocks
-    image_adapt_weight: float = 0.1
+    image_adapt_weight: float = 0.1  # residual weight of the image adapters
     image_adapt_until: int | None = None  # 6 of 24 vision blocks
     levels: tuple[int, ...] | None = None  # 1/4, 1/2, 3/4, 1 of the vision depth
     surgery_blocks: int | None = None  # 19 of 24 vision blocks
@@ -42,15 +42,15 @@ class AAClipConfig:
     stage1_levels: str = "last"  # last (released defect 1) | all
     stage1_cls_loss: bool = False  # released has none (defect 3); paper Eq. 4 has one
     # schedule per stage
-    stage1_epochs: int = 5
-    stage1_batch_size: int = 16
-    stage1_lr: float = 1e-5
-    stage2_epochs: int = 20
-    stage2_batch_size: int = 2
-    stage2_lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    stage1_epochs: int = 5  # stage "text"
+    stage1_batch_size: int = 16  # stage "text"
+    stage1_lr: float = 1e-5  # stage "text" (Adam)
+    stage2_epochs: int = 20  # stage "image"
+    stage2_batch_size: int = 2  # stage "image"
+    stage2_lr: float = 5e-4  # stage "image" (Adam)
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam, both stages
     milestones: tuple[int, ...] = (16000, 32000)  # iterations, stage 2
-    gamma: float = 0.5
+    gamma: float = 0.5  # lr factor at each milestone
 
 
 def _paper(data_root: str = "data") -> C.ExperimentConfig:
