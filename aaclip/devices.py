@@ -52,9 +52,9 @@ def parse_device(text: str | None) -> torch.device:
                 "use --device cpu"
             )
         if index is not None and int(index) >= count:
+            which = "only cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
             raise DeviceError(
-                f"--device {text}: this machine has {count} CUDA GPU{'s' * (count > 1)} "
-                f"(cuda:0 to cuda:{count - 1})"
+                f"--device {text}: this machine has {count} CUDA GPU{'s' * (count > 1)} ({which})"
             )
     if kind == "mps" and not _mps_available():
         raise DeviceError(f"--device {text}: Apple MPS is not available here; use --device cpu")

@@ -37,6 +37,9 @@ def test_cuda_index_beyond_the_gpus(monkeypatch):
     assert parse_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(DeviceError, match=r"has 2 CUDA GPUs \(cuda:0 to cuda:1\)"):
         parse_device("cuda:2")
+    monkeypatch.setattr(devices, "_gpu_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"has 1 CUDA GPU \(only cuda:0\)"):
+        parse_device("cuda:1")
 
 
 @pytest.mark.parametrize("text", ["gpu", "cuda:x", "cuda:-1", "Cuda0", "tpu", "meta", "1"])
