@@ -8,9 +8,9 @@ frozen CLIP, its tokenizer and its identity (what checkpoints must match).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -34,6 +34,14 @@ class WeightsNotFoundError(FileNotFoundError):
     """A weights file was asked for and is not there; the message says how to provide it."""
 
 
+class WeightsFileError(ValueError):
+    """A weights file is not CLIP weights, or not weights of this architecture (one line)."""
+
+
+class WeightsIgnoredWarning(UserWarning):
+    """$AACLIP_WEIGHTS was set but does not apply to the backbone being built."""
+
+
 def tiny_model_names() -> list[str]:
     """Names of the registered tiny configs used by tests and the smoke profile."""
     return sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json"))
@@ -44,10 +52,22 @@ def resolve_weights(
 ) -> Path | None:
     """Path of the weights file to load (argument, else $AACLIP_WEIGHTS), or None for random.
 
-    With `required=True` (the paper profile) a missing file is an error, never random init.
+    $AACLIP_WEIGHTS names the weights of the real backbone; the tiny smoke configs
+    (`aaclip-tiny*`) are random by design, so it is ignored for them (with a warning saying
+    so). An explicit `weights` file is always used, and refused by `create_backbone` if it does
+    not fit. With `required=True` (the paper profile) a missing file is an error, never
+    random init.
     """
     if weights in (None, "", "random"):
         weights = os.environ.get(WEIGHTS_ENV) or None
+        if weights is not None and model_name in tiny_model_names():
+            warnings.warn(
+                f"{WEIGHTS_ENV} ignored for {model_name}: the tiny smoke backbones are random "
+                "by design (pass --weights to load a file into one)",
+                WeightsIgnoredWarning,
+                stacklevel=2,
+            )
+            weights = None
         if weights is None and required:
             weights = f"{model_name}.pt"  # the name the error message points the user to
         elif weights is None:
@@ -159,17 +179,16 @@ def create_backbone(
         model = open_clip.create_model(
             name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
         )
+    digest = None
     if path is not None:
-        state = load_state_dict(path)
+        source = f" (from ${WEIGHTS_ENV})" if weights in (None, "", "random") else ""
+        state = _read_weights(path, name, source)
+        check_fits(state, model, f"{path}{source}", name)
+        digest = weights_digest(path, state)
         open_clip.model.resize_pos_embed(state, model)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path}: does not fit {name}: {len(missing)} missing keys "
-                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-            )
+        model.load_state_dict(state, strict=True)
     model.requires_grad_(False).eval()
-    identity = backbone_identity(model, name, path, quick_gelu, init_seed)
+    identity = backbone_identity(model, name, path, quick_gelu, init_seed, digest)
     return Backbone(model.to(device=device), get_tokenizer(name), identity)
 
 
@@ -179,6 +198,75 @@ def build_backbone(cfg, device: str | torch.device = "cpu") -> Backbone:
         cfg.name, cfg.weights, cfg.image_size, cfg.quick_gelu, device,
         require_weights=cfg.require_weights,
     )  # fmt: skip
+
+
+def _read_weights(path: Path, name: str, source: str = "") -> dict[str, torch.Tensor]:
+    """The state dict of a weights file; one line naming the file when it is not CLIP weights."""
+    try:
+        state = load_state_dict(path)
+        ok = bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+        ok = ok and any(k.startswith("visual.") for k in state)
+    except Exception:  # unreadable of any kind (pickle, safetensors, zip): described below
+        ok = False
+    if not ok:
+        from aaclip.checkpoints import describe_file
+
+        raise WeightsFileError(
+            f"{path}{source}: does not fit {name}: it is {describe_file(path)} (CLIP weights "
+            "are an OpenAI TorchScript .pt, an open_clip .bin/.pth or a .safetensors)"
+        )
+    return state
+
+
+def check_fits(state: dict[str, torch.Tensor], model: nn.Module, where: str, name: str) -> None:
+    """Raise one line naming the first tensor whose shape does not fit `model`, both shapes.
+
+    Called before `load_state_dict`, whose size-mismatch error lists every tensor over
+    hundreds of lines. Missing and unexpected tensor names are counted in the same line. The
+    vision positional embedding may differ in length (open_clip resizes it to the image
+    size), not in width.
+    """
+    own = model.state_dict()
+    problems = []
+    for key, mine in own.items():
+        theirs = state.get(key)
+        if theirs is None:
+            continue
+        if key == "visual.positional_embedding":
+            same = theirs.ndim == mine.ndim and theirs.shape[-1] == mine.shape[-1]
+        else:
+            same = theirs.shape == mine.shape
+        if not same:
+            problems.append(
+                f"first mismatching tensor {key} is {tuple(theirs.shape)} in the file, "
+                f"{tuple(mine.shape)} in {name}"
+            )
+            break
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if problems:
+        raise WeightsFileError(
+            f"{where}: does not fit {name} (weights of another architecture?): "
+            + "; ".join(problems)
+        )
+
+
+def weights_digest(path: Path, state: dict[str, torch.Tensor]) -> str:
+    """The content hash identifying a weights file, computed once per file (cached).
+
+    Identity is the hash of the loaded tensors (names, shapes, float32 values), not of the
+    file's bytes: converting a .pt to .safetensors, fp16 to fp32 or renaming the file keeps
+    the values the model is built from, so its checkpoints stay valid, while any other
+    weights, under whatever name, are refused. The cache (keyed by path, size and mtime)
+    spares the ~1 s of hashing a ViT-L on every later load.
+    """
+    from aaclip.digests import cached_digest, state_sha256
+
+    return cached_digest(path, "clip-state-sha256-v1", lambda: state_sha256(state))
 
 
 @contextmanager
@@ -193,9 +281,18 @@ def _quiet(logger: str):
 
 
 def backbone_identity(
-    model: nn.Module, name: str, weights: Path | None, quick_gelu: bool, init_seed: int = 0
+    model: nn.Module,
+    name: str,
+    weights: Path | None,
+    quick_gelu: bool,
+    init_seed: int = 0,
+    digest: str | None = None,
 ) -> dict[str, object]:
-    """What a checkpoint must match: architecture, input size and the weights it was trained on."""
+    """What a checkpoint must match: architecture, input size and the weights it was trained on.
+
+    `weights_sha256` (see `weights_digest`) identifies the weights; `weights` (the file name)
+    is kept for people reading the metadata and for checkpoints made before the hash.
+    """
     visual = model.visual
     return {
         "name": name,
@@ -206,16 +303,8 @@ def backbone_identity(
         "embed_dim": int(model.text_projection.shape[1]),
         "quick_gelu": bool(quick_gelu),
         "weights": weights.name if weights is not None else f"random-init-seed{init_seed}",
-        "weights_sha1_prefix": _file_digest(weights) if weights is not None else None,
+        "weights_sha256": digest,
     }
-
-
-def _file_digest(path: Path, limit: int = 1 << 24) -> str:
-    """SHA-1 of the first 16 MiB: enough to tell weight files apart without reading 1 GB."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        digest.update(f.read(limit))
-    return digest.hexdigest()[:12]
 
 
 def get_tokenizer(name: str):

@@ -68,8 +68,7 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
 
 def cmd_prepare(args: argparse.Namespace, rest: list[str]) -> int:
     module = importlib.import_module(f"data_prep.{args.dataset}")
-    sys.argv = [f"data_prep.{args.dataset}", *rest]
-    result = module.main()
+    result = module.main([*args.converter_args, *rest])  # `--help` shows the converter's options
     return int(result or 0)
 
 
@@ -224,7 +223,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aaclip import __version__
+
     p = argparse.ArgumentParser(prog="aaclip", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def method_option(sp: argparse.ArgumentParser) -> None:
@@ -250,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("prepare", help="build the synthetic set or convert a raw dataset tree")
     sp.add_argument("dataset", choices=CONVERTERS)
+    sp.add_argument(
+        "converter_args",
+        nargs=argparse.REMAINDER,
+        metavar="...",
+        help="the converter's options (aaclip prepare NAME --help lists them)",
+    )
 
     sp = sub.add_parser("train", help="train every stage of a method (resumes by default)")
     experiment(sp)
@@ -325,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         "import-released": cmd_import,
     }
     try:
+        if getattr(args, "device", None):  # one line now, not a CUDA traceback later
+            from aaclip.devices import parse_device
+
+            parse_device(args.device)
         if args.command == "prepare":
             return cmd_prepare(args, rest)
         return handlers[args.command](args)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +39,14 @@ __all__ = [
     "Record",
     "RecordDataset",
     "RecordError",
+    "check_images",
     "class_names",
     "load_image",
     "load_mask",
     "load_records",
     "read_records",
     "sample_few_shot",
+    "unreadable_images",
     "validate_records",
     "write_few_shot",
     "write_records",
@@ -125,12 +129,22 @@ def _parse(obj: object) -> Record:
     return Record(obj["image_path"], int(label), obj["class_name"], mask or None)
 
 
+def _build_hint(path: Path) -> str:
+    """How to make a missing records file of the embedded dataset (`data/synthetic`)."""
+    if path.parent.name != "synthetic":
+        return ""
+    return (
+        f" (the embedded synthetic dataset is not built here; build it with "
+        f"`aaclip prepare synthetic --out {path.parent}`)"
+    )
+
+
 def read_records(path: str | os.PathLike) -> list[Record]:
     """Parse a JSONL records file; any bad line raises RecordError ``file:line: problem``."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise RecordError(f"{path}: no such records file") from None
+        raise RecordError(f"{path}: no such records file{_build_hint(Path(path))}") from None
     except OSError as exc:
         raise RecordError(f"{path}: cannot read ({_one_line(exc.strerror or exc)})") from None
     if data.startswith(b"\xef\xbb\xbf"):
@@ -208,16 +222,113 @@ def load_records(
     root: str | os.PathLike | None = None,
     *,
     require_masks: bool = True,
+    check_images: bool = True,
 ) -> list[Record]:
-    """Read and validate a records file; ``root`` defaults to the file's folder."""
+    """Read and validate a records file; ``root`` defaults to the file's folder.
+
+    With ``check_images`` (the default) every image and mask is decoded far enough to find
+    truncated or corrupt files (see :func:`check_images`), so a bad file stops the run
+    before training or evaluation starts, not hours into it.
+    """
     records = read_records(path)
-    validate_records(
-        records,
-        Path(path).parent if root is None else root,
-        source=str(path),
-        require_masks=require_masks,
-    )
+    root = Path(path).parent if root is None else Path(root)
+    validate_records(records, root, source=str(path), require_masks=require_masks)
+    if check_images:
+        _check_record_images(records, root, str(path), None)
     return records
+
+
+_TRUNCATED_COUNT = re.compile(r"\s*\(\d+ bytes not processed\)")
+
+
+def _jpeg_ends_cleanly(path: Path) -> bool:
+    """A complete JPEG ends with the EOI marker (trailing NUL padding allowed)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 64))
+        tail = f.read().rstrip(b"\0\r\n ")
+    return tail.endswith(b"\xff\xd9")
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why `path` cannot be decoded, or None. Cheap for the common formats:
+
+    PNG: ``verify()`` reads every chunk and checks its CRC (truncation, damaged bytes)
+    without inflating. JPEG: the header, plus the end-of-image marker; a file without one
+    (truncated, or with trailing data) is decoded at 1/8 scale to tell the two apart.
+    Other formats (BMP, TIFF, ...) are decoded in full, as ``load_image`` would.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format == "PNG":
+                img.verify()
+            elif img.format == "JPEG":
+                if not _jpeg_ends_cleanly(path):
+                    img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+                    img.load()
+            else:
+                img.load()
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error ...
+        text = _one_line(exc).replace(repr(str(path)), "").replace(str(path), "")
+        return _TRUNCATED_COUNT.sub("", text).strip(" :") or type(exc).__name__
+    return None
+
+
+def _default_workers() -> int:
+    return min(32, 4 * (os.cpu_count() or 1))
+
+
+def unreadable_images(
+    paths: Sequence[str | os.PathLike], workers: int | None = None
+) -> dict[str, str]:
+    """``{path: reason}`` for every file that cannot be decoded, checked in threads.
+
+    Pillow releases the GIL while reading and decoding, so threads overlap file reads and
+    decoding. ``workers`` defaults to 4 per CPU (at most 32). Input order is kept.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        return {}
+    workers = max(1, min(workers or _default_workers(), len(paths)))
+    if workers == 1:
+        problems = [_image_problem(Path(p)) for p in paths]
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="aaclip-check") as pool:
+            problems = list(pool.map(lambda p: _image_problem(Path(p)), paths, chunksize=16))
+    return {p: why for p, why in zip(paths, problems, strict=True) if why is not None}
+
+
+def check_images(
+    records: Sequence[Record],
+    root: str | os.PathLike,
+    workers: int | None = None,
+    *,
+    source: str = "records",
+) -> None:
+    """Decode every image and mask of ``records`` (see :func:`unreadable_images`).
+
+    Raises one ImageError line listing every unreadable file, grouped by the reason.
+    """
+    _check_record_images(records, Path(root), source, workers)
+
+
+def _check_record_images(
+    records: Sequence[Record], root: Path, source: str, workers: int | None
+) -> None:
+    rels = list(dict.fromkeys(rel for r in records for rel in (r.image_path, r.mask_path) if rel))
+    bad = unreadable_images([root / rel for rel in rels], workers)
+    if not bad:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for rel in rels:
+        why = bad.get(str(root / rel))
+        if why is not None:
+            by_reason.setdefault(why, []).append(rel)
+    listing = "; ".join(f"{why}: {', '.join(files)}" for why, files in by_reason.items())
+    n = len(bad)
+    raise ImageError(f"{source}: {n} unreadable image file{'s' * (n > 1)} under {root}: {listing}")
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:

@@ -1,20 +1,38 @@
 """Atomic file writes: a temporary file in the same folder, then `os.replace`.
 
 Readers never see a half-written file, and a crash leaves the previous version in place.
+The file gets the permissions of an ordinary `open(path, "w")`: 0o666 less the user's umask.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, exclusive temporary file next to the target, created with mode 0o666.
+
+    `tempfile.mkstemp` creates 0o600 files; `os.open(..., 0o666)` lets the kernel apply the
+    umask, so the final file has exactly the permissions the user's umask asks for (no
+    process-wide `os.umask` query, which is not thread-safe).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: could not create a temporary file for {name}")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically (creating parent folders)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -22,7 +40,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

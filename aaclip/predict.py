@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +24,74 @@ from aaclip.transforms import image_to_tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
-def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Image files from a mix of files and folders (folders searched recursively, sorted)."""
+def collect_images(
+    inputs: list[str | Path],
+    *,
+    exclude: Sequence[str | Path] = (),
+    report: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Image files from a mix of files and folders (folders searched recursively, sorted).
+
+    Nothing under an `exclude` folder (the output folder) is ever read back as input. In
+    folders, files that are not images (other suffixes, hidden files) are skipped with one
+    count. Every image is checked (`data.unreadable_images`); a corrupt one is reported and
+    skipped, so the good images are still scored. `report` gets each one-line note
+    (default: printed to stderr).
+    """
+    report = report or _note
+    skip = [Path(e).resolve() for e in exclude]
+
+    def excluded(path: Path) -> bool:
+        resolved = path.resolve()
+        return any(resolved == s or s in resolved.parents for s in skip)
+
     found: list[Path] = []
+    others: dict[str, int] = {}
+    ignored = 0
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for p in sorted(item.rglob("*")):
+                if not p.is_file():
+                    continue
+                if excluded(p):
+                    ignored += 1
+                elif p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+                    found.append(p)
+                else:
+                    kind = p.suffix.lower() if p.suffix and not p.name.startswith(".") else "hidden"
+                    others[kind] = others.get(kind, 0) + 1
         elif item.is_file():
-            found.append(item)
+            if excluded(item):
+                ignored += 1
+            else:
+                found.append(item)
         else:
             raise FileNotFoundError(f"{item}: no such image or folder")
-    if not found:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {inputs}")
-    return found
+    found = list(dict.fromkeys(found))
+    if ignored:
+        report(f"skipped {ignored} file{'s' * (ignored > 1)} in the output folder {skip[0]}")
+    if others:
+        n = sum(others.values())
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(others.items()))
+        report(
+            f"skipped {n} file{'s' * (n > 1)} that "
+            + ("are not images" if n > 1 else "is not an image")
+            + f" ({kinds})"
+        )
+    bad = data.unreadable_images(found)
+    for path, why in bad.items():
+        report(f"skipped {path}: unreadable image ({why})")
+    good = [p for p in found if str(p) not in bad]
+    if not good:
+        raise FileNotFoundError(
+            f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in "
+            f"{', '.join(map(str, inputs))}"
+        )
+    return good
+
+
+def _note(message: str) -> None:
+    print(f"aaclip: note: {message}", file=sys.stderr)
 
 
 def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -70,7 +127,7 @@ def predict_files(
     method = next(iter(load_methods(cfg, [checkpoint], dev).values()))
     ctx = method.prepare_class(description, None, domain, description=description)
     spec = method.input_spec()
-    files = collect_images(inputs)
+    files = collect_images(inputs, exclude=[out_dir])  # never re-read our own overlays
     parts = []
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]

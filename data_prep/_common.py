@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -188,6 +189,43 @@ def summary(dataset: str, path: Path, records: Sequence[Record]) -> str:
 Outputs = dict[Path, list[Record]]
 
 
+def default_out(root: Path, folder: str | None) -> Path:
+    """Where a converter writes by default: ``<parent of ROOT>/<folder>/test.jsonl``.
+
+    ``folder`` is the dataset's name in the paper profile (``data/<Name>/test.jsonl``, see
+    ``aaclip.config.PAPER_TARGETS``), so a converted set is where the profile reads it
+    whatever the raw folder is called; None (a set outside the paper): ``ROOT/test.jsonl``.
+    """
+    root = Path(root)
+    if folder is None:
+        return root / "test.jsonl"
+    base = root if root.name not in ("", ".", "..") else root.resolve()
+    return base.parent / folder / "test.jsonl"
+
+
+def rebase(records: Iterable[Record], root: Path, folder: Path) -> list[Record]:
+    """Records with paths relative to ``folder`` instead of ``root`` (e.g. ``../Raw/a.png``).
+
+    A records file is read with its own folder as the dataset root, so a file written
+    outside ``root`` must point back into it.
+    """
+    root, folder = Path(root).resolve(), Path(folder).resolve()
+    if root == folder:
+        return list(records)
+
+    def move(p: object) -> str:
+        return Path(os.path.relpath(root / str(p), folder)).as_posix()
+
+    out = []
+    for r in records:
+        r = dict(r)
+        r["image_path"] = move(r["image_path"])
+        if r.get("mask_path"):
+            r["mask_path"] = move(r["mask_path"])
+        out.append(r)
+    return out
+
+
 def run_cli(
     dataset: str,
     convert: Callable[[argparse.Namespace], list[Record]],
@@ -197,29 +235,45 @@ def run_cli(
     description: str | None = None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     extra_outputs: Callable[[argparse.Namespace, Path], Outputs] | None = None,
+    folder: Callable[[argparse.Namespace], str | None] | None = None,
 ) -> int:
     """Shared CLI: ``--root RAW_ROOT [--out OUT.jsonl]`` plus converter-specific options.
 
-    ``--out`` defaults to ``RAW_ROOT/test.jsonl``. Everything is converted and validated
-    before anything is written. Prints one summary line per written file and returns 0;
-    on a :class:`LayoutError` prints its one-line message to stderr and returns 2.
+    ``--out`` defaults to :func:`default_out` with the paper profile's dataset name
+    (``folder(args)``): ``data/CVC-ClinicDB`` is written to ``data/Colon_clinicDB/test.jsonl``,
+    with paths relative to that folder (``../CVC-ClinicDB/images/1.png``), as the profile
+    reads it. An explicit ``--out`` keeps paths relative to ROOT (the released convention:
+    read it with ``root=ROOT``). Everything is converted and validated before anything is
+    written. Prints one summary line per written file and returns 0; on a
+    :class:`LayoutError` prints its one-line message to stderr and returns 2.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--root", type=Path, required=True, help="raw dataset root")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output JSONL (default: ROOT/test.jsonl)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output JSONL (default: data/<Name>/test.jsonl beside ROOT, the file the paper "
+        "profile reads, paths relative to it)",
     )
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
-    out: Path = args.out if args.out is not None else args.root / "test.jsonl"
     try:
-        outputs: Outputs = {out: convert(args)}
+        records = convert(args)
+        out: Path = (
+            args.out
+            if args.out is not None
+            else default_out(args.root, folder(args) if folder is not None else None)
+        )
+        outputs: Outputs = {out: records}
         if extra_outputs is not None:
             outputs.update(extra_outputs(args, out))
     except LayoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.out is None:  # written where the profile reads: paths relative to each file
+        outputs = {path: rebase(recs, args.root, path.parent) for path, recs in outputs.items()}
     for path, records in outputs.items():
         try:
             write_records(path, records)

@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda args: convert(args.root, args.name),
         argv,
         prog="python -m data_prep.bmad",
+        folder=lambda args: resolve_name(args.root, args.name),
         description="Write the test records of BMAD Brain, Liver or Retina as JSONL.",
         add_arguments=_add_arguments,
     )

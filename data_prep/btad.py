@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda args: convert(args.root),
         argv,
         prog="python -m data_prep.btad",
+        folder=lambda args: DATASET,
         description=f"Write the BTAD test records ({LAYOUT}) as JSONL.",
     )
 

@@ -16,7 +16,10 @@ CVC-300        ``CVC-300``
 ``Colon_clinicDB``, ``ClinicDB``, ``kvasir``, ``CVC-300``, ``cvc300`` ...);
 ``--class-name`` overrides the class name.
 
-CLI: ``python -m data_prep.colon --root RAW_ROOT [--name NAME] [--out OUT.jsonl]``.
+CLI: ``python -m data_prep.colon --root RAW_ROOT [--name NAME] [--out OUT.jsonl]``; by
+default the records go to ``<parent of RAW_ROOT>/<folder>/test.jsonl`` with the folder the
+paper profile reads (:data:`PAPER_FOLDERS`: ``Colon_clinicDB``, ``Colon_colonDB``,
+``Colon_Kvasir``, ``Colon_cvc300``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ CLASS_NAMES = {
     "CVC-300": "CVC-300",
 }
 """Dataset name -> class name in the released lists."""
+
+PAPER_FOLDERS = {
+    "CVC-ClinicDB": "Colon_clinicDB",
+    "CVC-ColonDB": "Colon_colonDB",
+    "Kvasir": "Colon_Kvasir",
+    "CVC-300": "Colon_cvc300",
+}
+"""Dataset name -> folder the paper profile reads (``data/<folder>/test.jsonl``)."""
 
 _ALIASES = {
     "CVC-ClinicDB": ("cvcclinicdb", "colonclinicdb", "clinicdb"),
@@ -127,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda args: convert(args.root, args.name, args.class_name),
         argv,
         prog="python -m data_prep.colon",
+        folder=lambda args: PAPER_FOLDERS[resolve_name(args.root, args.name)],
         description="Write the records of a colon polyp set (all anomalous) as JSONL.",
         add_arguments=_add_arguments,
     )

@@ -22,7 +22,7 @@ def convert(root: Path) -> list[Record]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``--root RAW_ROOT [--out OUT.jsonl]``."""
-    return mvtec.main(argv, dataset=DATASET, prog="python -m data_prep.mpdd")
+    return mvtec.main(argv, dataset=DATASET, prog="python -m data_prep.mpdd", folder=DATASET)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from data_prep._common import (
 from data_prep.bmad import ANOMALOUS, NORMAL, mask_folder, medical_split
 
 OBJECTS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
+PAPER_FOLDERS = {"Brain": "Brain", "Liver": "Liver", "Retina_RESC": "Retina"}
+"""Object -> folder the paper profile reads; the other objects are not paper targets."""
 SEGMENTATION = ("Brain", "Liver", "Retina_RESC")
 """Objects with pixel masks; the others are classification-only."""
 MASK_FOLDERS = ("anomaly_mask", "label")
@@ -237,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write the test records (and few-shot seed records) of an MVFA set.",
         add_arguments=_add_arguments,
         extra_outputs=_shot_outputs,
+        folder=lambda args: PAPER_FOLDERS.get(resolve_obj(args.root, args.obj)),
     )
 
 

@@ -29,6 +29,8 @@ from data_prep._common import (
 )
 
 DATASET = "MVTec-AD"
+PAPER_FOLDER = "MVTec"
+"""The folder the paper profile reads (``data/MVTec/test.jsonl``)."""
 NORMAL_FOLDER = "good"
 LAYOUT = "<class>/test/<defect|good>/*.png"
 MASK_LAYOUT = "<class>/ground_truth/<defect>/<stem>_mask.png"
@@ -82,14 +84,20 @@ def convert(root: Path, dataset: str = DATASET) -> list[Record]:
     return sort_records(records)
 
 
-def main(argv: Sequence[str] | None = None, dataset: str = DATASET, prog: str | None = None) -> int:
-    """Command line for an MVTec-style dataset named ``dataset``."""
+def main(
+    argv: Sequence[str] | None = None,
+    dataset: str = DATASET,
+    prog: str | None = None,
+    folder: str = PAPER_FOLDER,
+) -> int:
+    """Command line for an MVTec-style dataset named ``dataset`` (``data/<folder>`` by default)."""
     return run_cli(
         dataset,
         lambda args: convert(args.root, dataset),
         argv,
         prog=prog or "python -m data_prep.mvtec",
         description=f"Write the {dataset} test records ({LAYOUT}) as JSONL.",
+        folder=lambda args: folder,
     )
 
 

@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda args: convert(args.root, args.csv),
         argv,
         prog="python -m data_prep.visa",
+        folder=lambda args: DATASET,
         description=f"Write the VisA test records listed in {SPLIT_CSV} as JSONL.",
         add_arguments=_add_arguments,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,9 @@ import torch
 
 logging.getLogger().setLevel(logging.ERROR)
 torch.set_num_threads(1)  # tiny tensors: threading overhead dominates on 2 cores
+# the weights-digest cache (aaclip.digests) of the tests, never the user's ~/.cache/aaclip;
+# set at import so that the CLI subprocesses of the tests inherit it
+os.environ["AACLIP_CACHE"] = tempfile.mkdtemp(prefix="aaclip-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -193,3 +193,118 @@ def test_paper_profile_never_falls_back_to_random_weights(monkeypatch):
     assert preset("paper").backbone.require_weights
     with pytest.raises(bb.WeightsNotFoundError, match=r"aaclip-tiny\.pt.*AACLIP_WEIGHTS"):
         bb.create_backbone("aaclip-tiny", image_size=64, require_weights=True)
+
+
+# ------------------------------------------------- bad weights files: one line (issue 8.4)
+
+
+def _save_state(model, path):
+    state = {k: v.contiguous() for k, v in model.clip.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def test_wrong_architecture_names_the_first_mismatching_tensor(tmp_path):
+    other = bb.create_backbone("aaclip-tiny-8", image_size=64)
+    path = _save_state(other, tmp_path / "tiny8.pt")
+    with pytest.raises(bb.WeightsFileError) as err:
+        bb.create_backbone("aaclip-tiny", weights=path, image_size=64)
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 400
+    assert msg.startswith(f"{path}: does not fit aaclip-tiny")
+    assert "positional_embedding is (77, 48) in the file, (77, 64) in aaclip-tiny" in msg
+    assert "48 unexpected" in msg  # aaclip-tiny-8 has 8 vision blocks, aaclip-tiny 4: counted
+
+
+def test_wrong_width_positional_embedding_is_refused_not_resized(tmp_path, tiny_clip):
+    state = {k: v.clone() for k, v in tiny_clip.clip.state_dict().items()}
+    state["visual.positional_embedding"] = torch.zeros(65, 32)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(bb.WeightsFileError, match=r"visual.positional_embedding is \(65, 32\)"):
+        bb.create_backbone("aaclip-tiny", weights=path, image_size=96)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("random.pt", bytes(range(256)) * 40, "a binary file, not weights"),
+        ("notes.pth", b"these are not weights\n", "a text file, not weights"),
+        ("fake.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}", "not a safet"),
+        ("empty.bin", b"", "an empty file"),
+    ],
+)
+def test_a_file_that_is_not_weights_is_one_line_naming_it(tmp_path, name, content, kind):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(bb.WeightsFileError) as err:
+        bb.create_backbone("aaclip-tiny", weights=path, image_size=64)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: does not fit aaclip-tiny: it is {kind}")
+
+
+def test_adapter_files_given_as_weights_say_what_they_are(tmp_path):
+    released = tmp_path / "image_adapter_15.pth"
+    torch.save({"epoch": 15, "image_adapter": {"a.weight": torch.zeros(2, 2)}}, released)
+    resume = tmp_path / "resume.pt"
+    torch.save({"stage": 2, "epoch": 3, "optimizer": {"state": {}, "param_groups": []}}, resume)
+    for path, what in (
+        (released, "the authors' released AA-CLIP image adapter (image_adapter_N.pth, epoch 15)"),
+        (resume, "a run's training state (resume.pt of stage 2, epoch 3"),
+    ):
+        with pytest.raises(bb.WeightsFileError, match=r"does not fit aaclip-tiny: it is") as err:
+            bb.create_backbone("aaclip-tiny", weights=path, image_size=64)
+        assert what in str(err.value)
+
+
+def test_not_weights_cli_exit_2_one_line(tmp_path):
+    path = tmp_path / "ViT-L-14-336.pt"
+    path.write_text("<html>404 Not Found</html>\n")  # a failed download
+    proc = subprocess.run(
+        [sys.executable, "-m", "aaclip.cli", "bench", "--backbone", "aaclip-tiny"]
+        + ["--image-size", "64", "--weights", str(path), "--no-metrics", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "a text file, not weights" in proc.stderr
+
+
+# ----------------------------------- $AACLIP_WEIGHTS and the tiny backbones (issue 8.6)
+
+
+def test_env_weights_never_reach_the_tiny_smoke_backbones(tmp_path, monkeypatch):
+    big = _save_state(bb.create_backbone("aaclip-tiny-8", image_size=64), tmp_path / "real.pt")
+    monkeypatch.setenv(bb.WEIGHTS_ENV, str(big))
+    with pytest.warns(bb.WeightsIgnoredWarning, match="AACLIP_WEIGHTS ignored for aaclip-tiny"):
+        model = bb.create_backbone("aaclip-tiny", image_size=64)
+    assert model.identity["weights"] == "random-init-seed0"
+    # the same variable still applies to a backbone it fits ...
+    monkeypatch.setenv(bb.WEIGHTS_ENV, str(tmp_path / "absent.pt"))
+    with pytest.raises(bb.WeightsNotFoundError, match="absent.pt"):
+        bb.create_backbone("ViT-B-32")
+    # ... and an explicit file of the wrong architecture is still refused
+    with pytest.raises(bb.WeightsFileError, match="does not fit aaclip-tiny"):
+        bb.create_backbone("aaclip-tiny", weights=big, image_size=64)
+
+
+def test_env_weights_do_not_break_the_smoke_profile_cli(tmp_path, synthetic_root):
+    import os
+
+    junk = tmp_path / "ViT-L-14-336.pt"
+    junk.write_bytes(b"not these")
+    env = {**os.environ, bb.WEIGHTS_ENV: str(junk)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "aaclip.cli", "bench", "--backbone", "aaclip-tiny"]
+        + ["--image-size", "64", "--batch-size", "2", "--steps", "1", "--no-metrics"]
+        + ["--no-train", "--device", "cpu", "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "AACLIP_WEIGHTS ignored for aaclip-tiny" in proc.stderr

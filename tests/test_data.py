@@ -20,12 +20,14 @@ from aaclip.data import (
     Record,
     RecordDataset,
     RecordError,
+    check_images,
     class_names,
     load_image,
     load_mask,
     load_records,
     read_records,
     sample_few_shot,
+    unreadable_images,
     validate_records,
     write_few_shot,
     write_records,
@@ -152,6 +154,104 @@ def test_load_records_defaults_root_to_file_folder(tmp_path: Path) -> None:
     with pytest.raises(RecordError, match="3 missing files"):
         load_records(tmp_path / "other" / "train.jsonl")
     assert load_records(tmp_path / "other" / "train.jsonl", root=tmp_path) == recs
+
+
+# -- unreadable images found before training (issue 8.5) ---------------------------------
+
+
+def noise(size=(64, 48), mode="RGB", seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def bad_tree(root: Path) -> tuple[list[Record], dict[str, str]]:
+    """Good images of every format and one of each kind of broken file."""
+    recs = []
+    for i, ext in enumerate(("png", "jpg", "bmp", "tif")):
+        save(root / f"ok/{i}.{ext}", noise(seed=i))
+        recs.append(Record(f"ok/{i}.{ext}", 0, "c"))
+    with_trailer = save(root / "ok/trailer.jpg", noise(seed=9))
+    with_trailer.write_bytes(with_trailer.read_bytes() + b"APPENDED-VIDEO" * 50)  # loads fine
+    recs.append(Record("ok/trailer.jpg", 0, "c"))
+    save(root / "ok/m.png", Image.new("L", (64, 48), 255))
+    broken = {
+        "bad/half.png": truncate(save(root / "bad/half.png", noise(seed=4))),
+        "bad/half.jpg": truncate(save(root / "bad/half.jpg", noise(seed=5), quality=95)),
+        "bad/half.bmp": truncate(save(root / "bad/half.bmp", noise(seed=6))),
+        "bad/zero.png": save(root / "bad/zero.png", noise()),
+        "bad/mask.png": truncate(save(root / "bad/mask.png", noise(mode="L", seed=7))),
+    }
+    broken["bad/zero.png"].write_bytes(b"")
+    flipped = save(root / "bad/flipped.png", noise(seed=8))
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one damaged byte: the chunk CRC no longer matches
+    flipped.write_bytes(bytes(data))
+    broken["bad/flipped.png"] = flipped
+    recs += [Record(rel, 0, "c") for rel in broken if rel != "bad/mask.png"]
+    recs.append(Record("ok/a.png", 1, "c", "bad/mask.png"))
+    save(root / "ok/a.png", noise(seed=10))
+    return recs, {rel: str(p) for rel, p in broken.items()}
+
+
+def test_every_unreadable_image_and_mask_is_listed_at_once(tmp_path: Path) -> None:
+    recs, broken = bad_tree(tmp_path)
+    bad = unreadable_images([tmp_path / r.image_path for r in recs], workers=4)
+    assert set(bad) == {p for rel, p in broken.items() if rel != "bad/mask.png"}
+    with pytest.raises(ImageError) as err:
+        check_images(recs, tmp_path, workers=3, source="set.jsonl")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(
+        f"set.jsonl: 6 unreadable image files under {tmp_path}"
+    )
+    assert all(rel in msg for rel in broken) and "ok/" not in msg
+    assert "truncated" in msg and str(tmp_path / "bad") not in msg  # reasons without the paths
+
+
+def test_load_records_checks_images_before_training(tmp_path: Path) -> None:
+    recs, broken = bad_tree(tmp_path)
+    write_records(tmp_path / "train.jsonl", recs)
+    with pytest.raises(ImageError, match="6 unreadable image files"):
+        load_records(tmp_path / "train.jsonl")
+    assert load_records(tmp_path / "train.jsonl", check_images=False) == recs
+    good = [r for r in recs if r.image_path.startswith("ok/") and r.label == 0]
+    write_records(tmp_path / "good.jsonl", good)
+    assert load_records(tmp_path / "good.jsonl") == good
+
+
+def test_training_stops_on_a_truncated_image_before_the_first_epoch(synthetic_root, tmp_path):
+    import shutil
+
+    from aaclip import train as tr
+    from aaclip.config import apply_overrides, preset
+
+    root = tmp_path / "synthetic"
+    shutil.copytree(synthetic_root, root)
+    first = read_records(root / "train.jsonl")[3]
+    truncate(root / first.image_path)
+    cfg = apply_overrides(preset("smoke", data_root=str(root)), ["backbone.image_size=64"])
+    with pytest.raises(
+        ImageError, match=f"1 unreadable image file under {root}: .*{first.image_path}"
+    ):
+        tr.train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_embedded_dataset_says_how_to_build_it(tmp_path: Path) -> None:
+    with pytest.raises(RecordError) as err:
+        load_records(tmp_path / "data" / "synthetic" / "train.jsonl")
+    msg = str(err.value)
+    assert "no such records file" in msg and "\n" not in msg
+    assert f"aaclip prepare synthetic --out {tmp_path / 'data' / 'synthetic'}" in msg
+    with pytest.raises(RecordError) as err:
+        load_records(tmp_path / "MVTec" / "test.jsonl")
+    assert "prepare synthetic" not in str(err.value)
 
 
 # -- images and masks ----------------------------------------------------------------------

@@ -250,7 +250,7 @@ def test_mvtec_missing_test_folder_and_empty_class(tmp_path: Path) -> None:
 
 
 def test_mvtec_cli_writes_default_out_and_summary(tmp_path: Path) -> None:
-    root = make_mvtec(tmp_path / "mvtec")
+    root = make_mvtec(tmp_path / "MVTec")
     result = cli("mvtec", "--root", root)
     assert result.returncode == 0, result.stderr
     out = root / "test.jsonl"
@@ -258,6 +258,10 @@ def test_mvtec_cli_writes_default_out_and_summary(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines() == [
         f"MVTec-AD: wrote 12 records, 2 classes, 8 anomalous -> {out}"
     ]
+    other = make_mvtec(tmp_path / "mvtec_anomaly_detection")  # the name of the download
+    assert cli("mvtec", "--root", other).returncode == 0
+    moved = read_records(tmp_path / "MVTec" / "test.jsonl")  # where the paper profile reads
+    assert moved[0]["image_path"] == "../mvtec_anomaly_detection/bottle/test/broken/000.png"
 
 
 def test_mpdd_cli_wrong_tree_exits_2(tmp_path: Path) -> None:
@@ -430,7 +434,8 @@ def test_colon_cli_name_option_and_missing_masks(tmp_path: Path) -> None:
     assert_layout_exit(result, "--name CVC-ClinicDB|CVC-ColonDB|Kvasir|CVC-300")
     result = cli("colon", "--root", root, "--name", "Kvasir")
     assert result.returncode == 0, result.stderr
-    assert {r["class_name"] for r in read_records(root / "test.jsonl")} == {"Kvasir"}
+    out = tmp_path / "Colon_Kvasir" / "test.jsonl"
+    assert {r["class_name"] for r in read_records(out)} == {"Kvasir"}
     (root / "masks" / "0.png").unlink()
     (root / "masks" / "1.png").unlink()
     result = cli("colon", "--root", root, "--name", "CVC-300")
@@ -554,3 +559,52 @@ def test_records_round_trip_as_json(tmp_path: Path) -> None:
     write_records(out, mvtec.convert(root))
     for line in out.read_text().splitlines():
         assert json.loads(line)["class_name"] == "wood"
+
+
+# ------------------------------------------- default outputs are where the paper reads
+
+
+def _paper_file(data_root: Path, name: str) -> Path:
+    from aaclip.config import preset
+
+    cfg = preset("paper", data_root=str(data_root))
+    files = dict(zip(cfg.data.test_datasets, cfg.data.test_records, strict=True))
+    files[cfg.data.train_dataset] = cfg.data.train_records
+    return Path(files[name])
+
+
+PAPER_CASES = [
+    (mvtec, make_mvtec, "mvtec_anomaly_detection", [], "MVTec"),
+    (mpdd, make_mvtec, "MPDD_raw", [], "MPDD"),
+    (btad, make_btad, "BTech_Dataset_transformed", [], "BTAD"),
+    (visa, make_visa, "VisA_20220922", [], "VisA"),
+    (bmad, make_medical, "BrainMRI", [], "Brain"),
+    (bmad, make_medical, "raw_liver", ["--name", "Liver"], "Liver"),
+    (bmad, make_medical, "Retina_RESC_AD", [], "Retina"),
+    (mvfa, lambda root: make_mvfa(root.parent, "Liver"), "Liver_AD", [], "Liver"),
+    (colon, make_colon, "CVC-ClinicDB", [], "Colon_clinicDB"),
+    (colon, make_colon, "CVC-ColonDB", [], "Colon_colonDB"),
+    (colon, make_colon, "Kvasir-SEG", [], "Colon_Kvasir"),
+    (colon, make_colon, "polyps", ["--name", "CVC-300"], "Colon_cvc300"),
+]
+
+
+@pytest.mark.parametrize(("module", "make", "raw", "extra", "name"), PAPER_CASES)
+def test_converters_write_where_the_paper_profile_reads(
+    tmp_path: Path, capsys, module, make, raw, extra, name
+) -> None:
+    from aaclip.data import load_records
+
+    data_root = tmp_path / "data"
+    root = make(data_root / raw)
+    assert module.main(["--root", str(root), *extra]) == 0
+    expected = _paper_file(data_root, name)
+    assert f"-> {expected}" in capsys.readouterr().out
+    records = load_records(expected, require_masks=False)  # paths resolve from that folder
+    assert len(records) == len(module.convert(root, *extra[1:]))
+
+
+def test_every_paper_target_has_a_converter_default() -> None:
+    from aaclip.config import PAPER_TARGETS
+
+    assert {case[-1] for case in PAPER_CASES} == {*PAPER_TARGETS, "VisA"}
