@@ -175,6 +175,25 @@ def smoke_backbone() -> BackboneConfig:
     return BackboneConfig(name="aaclip-tiny", image_size=128)
 
 
+def paper_experiment(
+    method: str, model: Any, data_root: str = "data", **sections
+) -> ExperimentConfig:
+    """A `paper` profile: real weights required, AA-CLIP's cross-dataset data unless given."""
+    sections.setdefault("backbone", BackboneConfig(require_weights=True))
+    sections.setdefault("data", paper_data(data_root))
+    return ExperimentConfig(method=method, profile="paper", model=model, **sections)
+
+
+def smoke_experiment(
+    method: str, model: Any, data_root: str = "data/synthetic", **sections
+) -> ExperimentConfig:
+    """A `smoke` profile: the tiny random backbone on the embedded dataset."""
+    sections.setdefault("backbone", smoke_backbone())
+    sections.setdefault("eval", EvalConfig(batch_size=32))
+    sections.setdefault("data", smoke_data(data_root))
+    return ExperimentConfig(method=method, profile="smoke", model=model, **sections)
+
+
 def profiles(method: str = "aaclip") -> list[str]:
     """The presets a method defines (e.g. paper, smoke)."""
     from aaclip.methods import method_class

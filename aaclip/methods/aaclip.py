@@ -55,34 +55,22 @@ class AAClipConfig:
 
 def _paper(data_root: str = "data") -> C.ExperimentConfig:
     """ViT-L-14-336 at 518 px, trained on VisA (full-shot), tested zero-shot on ten targets."""
-    return C.ExperimentConfig(
-        method="aaclip",
-        profile="paper",
-        backbone=C.BackboneConfig(require_weights=True),
-        model=AAClipConfig(),
-        data=C.paper_data(data_root),
-    )
+    return C.paper_experiment("aaclip", AAClipConfig(), data_root)
 
 
 def _smoke(data_root: str = "data/synthetic") -> C.ExperimentConfig:
     """Tiny random CLIP on the embedded set. Learning rates and epochs are larger than the
     paper's because the model starts from random weights; every switch is the released one."""
-    return C.ExperimentConfig(
-        method="aaclip",
-        profile="smoke",
-        backbone=C.smoke_backbone(),
-        model=AAClipConfig(
-            class_descriptions="plain",
-            stage1_epochs=4,
-            stage1_batch_size=8,
-            stage1_lr=1e-3,
-            stage2_epochs=20,
-            stage2_batch_size=8,
-            stage2_lr=5e-3,
-        ),
-        eval=C.EvalConfig(batch_size=32),
-        data=C.smoke_data(data_root),
+    model = AAClipConfig(
+        class_descriptions="plain",
+        stage1_epochs=4,
+        stage1_batch_size=8,
+        stage1_lr=1e-3,
+        stage2_epochs=20,
+        stage2_batch_size=8,
+        stage2_lr=5e-3,
     )
+    return C.smoke_experiment("aaclip", model, data_root)
 
 
 class AAClip(Method):

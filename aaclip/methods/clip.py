@@ -22,24 +22,11 @@ class ClipConfig:
 
 
 def _paper(data_root: str = "data") -> C.ExperimentConfig:
-    return C.ExperimentConfig(
-        method="clip",
-        profile="paper",
-        backbone=C.BackboneConfig(require_weights=True),
-        model=ClipConfig(),
-        data=C.paper_data(data_root),
-    )
+    return C.paper_experiment("clip", ClipConfig(), data_root)
 
 
 def _smoke(data_root: str = "data/synthetic") -> C.ExperimentConfig:
-    return C.ExperimentConfig(
-        method="clip",
-        profile="smoke",
-        backbone=C.smoke_backbone(),
-        model=ClipConfig(class_descriptions="plain"),
-        eval=C.EvalConfig(batch_size=32),
-        data=C.smoke_data(data_root),
-    )
+    return C.smoke_experiment("clip", ClipConfig(class_descriptions="plain"), data_root)
 
 
 class ClipBaseline(Method):
