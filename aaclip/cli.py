@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import logging
 import os
@@ -332,18 +334,21 @@ def main(argv: list[str] | None = None) -> int:
         "bench": cmd_bench,
         "import-released": cmd_import,
     }
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:
         if getattr(args, "device", None):  # one line now, not a CUDA traceback later
             from aaclip.devices import parse_device
 
             parse_device(args.device)
-        if args.command == "prepare":
-            return cmd_prepare(args, rest)
-        return handlers[args.command](args)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            if args.command == "prepare":
+                return cmd_prepare(args, rest)
+            return handlers[args.command](args)
     except _user_errors() as err:
         if os.environ.get("AACLIP_DEBUG"):  # developers: the full traceback
             raise
-        print(f"aaclip: error: {err}", file=sys.stderr)
+        if not quiet:
+            print(f"aaclip: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from aaclip import checkpoints as ck
-from aaclip import data, metrics, prompts
+from aaclip import data, distributed, metrics, prompts
 from aaclip.backbone import build_backbone
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write_text
@@ -123,12 +123,15 @@ def predict(
     progress: bool = True,
     num_workers: int = 0,
     keep_raw: bool = False,
+    shards: distributed.Shards | None = None,
 ) -> dict[str, dict[str, ClassPredictions]]:
     """Maps and scores per method and class, each class normalised by the method's rule.
 
     All methods must share one input spec (the checkpoints of one run do). On a GPU the maps
-    stay on it, so the metrics run there too (torch backend).
+    stay on it, so the metrics run there too (torch backend). Under torchrun (`shards`) each
+    rank scores its share of the batches and rank 0 alone returns the classes.
     """
+    shards = shards or distributed.Shards()
     first = next(iter(methods.values()))
     spec = first.input_spec()
     if any(m.input_spec() != spec for m in methods.values()):
@@ -136,14 +139,15 @@ def predict(
     device = device or first.device
     keep = device if device.type == "cuda" else torch.device("cpu")
     out: dict[str, dict[str, ClassPredictions]] = {name: {} for name in methods}
-    bar = tqdm(total=len(records), desc=f"evaluate {dataset}", disable=not progress)
+    main = shards.ctx.is_main
+    bar = tqdm(total=len(records), desc=f"evaluate {dataset}", disable=not progress or not main)
     for cls in data.class_names(records):
         subset = [r for r in records if r.class_name == cls]
         has_masks = all(r.mask_path for r in subset if r.label == 1)
         ctx = {n: m.prepare_class(cls, dataset, domain, has_masks) for n, m in methods.items()}
         loader = DataLoader(
             data.RecordDataset(subset, root, spec.image_size, "none", spec.mean, spec.std),
-            batch_size=batch_size,
+            batch_sampler=shards.batches(len(subset), batch_size),
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )
@@ -155,9 +159,15 @@ def predict(
                 parts[name].append(method.predict(images, ctx[name]).to(keep))
             masks.append((batch["mask"][:, 0] > 0.5).to(keep))
             labels.append(batch["label"].numpy())
-            paths.extend(batch["image_path"])
+            paths.append(batch["image_path"])
             bar.update(len(images))
+        gathered = shards.gather([*parts.values(), masks, labels, paths], keep)
+        if gathered is None:  # under torchrun, rank 0 scores the classes
+            continue
+        *per_method, masks, labels, paths = gathered
+        parts = dict(zip(methods, per_method, strict=True))
         gt_masks, gt_labels = torch.cat(masks), np.concatenate(labels)
+        paths = [p for batch_paths in paths for p in batch_paths]
         for name, method in methods.items():
             raw = Prediction.cat(parts[name])
             m, s = method.class_scores(raw, ctx[name])
@@ -260,7 +270,8 @@ def evaluate(
 
     Returns a long table with one row per (checkpoint, dataset, class) plus per-dataset means.
     """
-    dev = pick_device(device)
+    ctx = distributed.setup(pick_device(device))
+    dev, shards = ctx.device, distributed.Shards(ctx)
     methods = load_methods(cfg, list(checkpoints), dev)
     out_dir = Path(out_dir)
     tables = []
@@ -277,8 +288,11 @@ def evaluate(
             device=dev,
             progress=progress,
             num_workers=cfg.eval.num_workers,
+            shards=shards,
         )
         wall = time.time() - t0
+        if not ctx.is_main:  # under torchrun rank 0 computes and writes the tables
+            continue
         for name, per_class in preds.items():
             df = metrics_table(per_class, aupro)
             df.insert(0, "dataset", dataset)
@@ -290,8 +304,10 @@ def evaluate(
             record = run_record(cfg, methods[name], str(dataset), len(records), dev, wall, name)
             record["per_class"] = json.loads(df.to_json(orient="records"))
             record["selected_on_test"] = selected_on_test
+            if ctx.world > 1:
+                record["processes"] = ctx.world
             atomic_write_text(stem / "run.json", json.dumps(record, indent=2, default=str))
-    return pd.concat(tables, ignore_index=True)
+    return ctx.broadcast(pd.concat(tables, ignore_index=True) if ctx.is_main else None)
 
 
 def _profile_note(cfg: ExperimentConfig, selected_on_test: bool) -> str:

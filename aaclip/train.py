@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from aaclip import checkpoints as ck
-from aaclip import data, runs
+from aaclip import data, distributed, runs
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write_text
 from aaclip.methods import Method, Stage, create_method
@@ -73,26 +73,35 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train_step(
-    method: Method, stage: Stage, batch: dict, opt: Optimiser, precision: str = "fp32"
+    method: Method,
+    stage: Stage,
+    batch: dict,
+    opt: Optimiser,
+    precision: str = "fp32",
+    replica: distributed.Replica | None = None,
 ) -> dict[str, float]:
     """One step: loss terms -> sum -> finite check -> backward -> step -> scheduler ->
     `method.after_step`. Returns the terms and their sum ("loss") as floats; raises
-    FloatingPointError before any update when the sum is not finite."""
+    FloatingPointError before any update when the sum is not finite. Under torchrun
+    (`replica`), the terms and the gradient are those of the global batch."""
     with autocast(method.device, precision):
-        terms = method.loss(stage, batch)
+        terms = method.loss(stage, batch) if replica is None else replica(stage, batch)
     loss = sum(terms.values())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()}")
+    shown = {"loss": loss, **terms}
+    if replica is not None:
+        shown, loss = replica.global_mean(shown), loss * replica.weight
+    if not torch.isfinite(shown["loss"]):
+        raise FloatingPointError(f"loss is {shown['loss'].item()}")
     opt.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     opt.optimizer.step()
     if opt.scheduler is not None:
         opt.scheduler.step()
     method.after_step(stage)
-    return {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+    return {k: v.item() for k, v in shown.items()}
 
 
-def _loader(dataset: data.RecordDataset, batch: int, workers: int, seed: int) -> DataLoader:
+def _loader(dataset: Dataset | range, batch: int, workers: int, seed: int) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch, shuffle=True, generator=gen, num_workers=workers)
 
@@ -188,21 +197,28 @@ def train(
 ) -> TrainResult:
     """Train every stage of the config's method; resume from the last finished epoch.
 
-    `fresh=True` (or `resume=False`) moves an existing run in `run_dir` aside first.
+    `fresh=True` (or `resume=False`) moves an existing run in `run_dir` aside first. Under
+    torchrun: data-parallel over the processes (see `aaclip.distributed`).
     """
     run_dir = Path(run_dir)
-    dev = pick_device(device)
+    ctx = distributed.setup(pick_device(device))
+    dev = ctx.device
     t = cfg.train
     records = data.load_records(cfg.data.train_records)
     root = Path(cfg.data.train_records).parent
     if t.shots:
         records = data.sample_few_shot(records, t.shots, t.seed)
     method = create_method(cfg, dev)
+    distributed.check_method(method, ctx.world)
     stages = capped(method.stages(), t.max_epochs)
     if not any(s.epochs for s in stages):
         raise ValueError(f"method {cfg.method!r} has no training stage: nothing to train")
-    _prepare_run_folder(run_dir, cfg, fresh or not resume)
-    atomic_write_text(run_dir / "config.json", cfg.to_json())
+    for stage in stages:
+        distributed.per_rank_batch(stage, ctx.world)
+    if ctx.is_main:  # under torchrun, rank 0 prepares the folder while the others wait
+        _prepare_run_folder(run_dir, cfg, fresh or not resume)
+        atomic_write_text(run_dir / "config.json", cfg.to_json())
+    ctx.barrier()
 
     state = _resume_state(run_dir)
     done_stage, done_epoch = (state["stage"], state["epoch"]) if state else (0, 0)
@@ -224,19 +240,27 @@ def train(
             opt.load_state_dict(state)
         method.start_stage(stage, classes, cfg.data.train_dataset)
         method.train()
+        replica = distributed.Replica(method, stage, ctx) if ctx.world > 1 else None
         dataset = data.RecordDataset(
             records, root, spec.image_size, augment=stage.augment, mean=spec.mean, std=spec.std
         )
         steps = math.ceil(len(dataset) / stage.batch_size)
-        bar = tqdm(total=(stage.epochs - start) * steps, desc=stage.name, disable=not progress)
+        bar = tqdm(
+            total=(stage.epochs - start) * steps,
+            desc=stage.name,
+            disable=not progress or not ctx.is_main,
+        )
         for epoch in range(start + 1, stage.epochs + 1):
-            seed_everything(_epoch_seed(t.seed, index, epoch))
+            seed_everything(ctx.seed(_epoch_seed(t.seed, index, epoch)))
             loader = _loader(dataset, stage.batch_size, t.num_workers, t.seed + epoch)
+            if replica is not None:  # this rank's parts of the batches `loader` would draw
+                indices = _loader(range(len(dataset)), stage.batch_size, 0, t.seed + epoch)
+                loader = replica.loader(dataset, indices, t.num_workers)
             epoch_terms: list[dict[str, float]] = []
             for step, batch in enumerate(loader):
                 try:
                     terms = train_step(
-                        method, stage, to_device(batch, dev), opt, cfg.backbone.precision
+                        method, stage, to_device(batch, dev), opt, cfg.backbone.precision, replica
                     )
                 except FloatingPointError as err:
                     kept = (
@@ -251,9 +275,10 @@ def train(
                 epoch_terms.append(terms)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{terms['loss']:.4f}")
-            last_ckpt = _finish_epoch(
-                run_dir, cfg, method, index, stage, epoch, epoch_terms, opt, log
-            )
+            last_ckpt = runs.checkpoint_path(run_dir, index, epoch)
+            if ctx.is_main:  # under torchrun rank 0 writes, then every rank goes on
+                _finish_epoch(run_dir, cfg, method, index, stage, epoch, epoch_terms, opt, log)
+            ctx.barrier()
             written.append(last_ckpt)
         bar.close()
     method.eval()
