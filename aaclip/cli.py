@@ -1,4 +1,5 @@
-"""`aaclip methods | prepare | train | test | predict | import-released | bench`: thin wrappers."""
+"""`aaclip methods | prepare | train | test | predict | import-released | bench | grid`: thin
+wrappers."""
 
 from __future__ import annotations
 
@@ -224,6 +225,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from aaclip import grid
+
+    return grid.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aaclip import __version__
 
@@ -314,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-train", action="store_true", help="time inference only")
     sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
     sp.add_argument("--metrics-n", type=int, default=1725, help="maps of 518² for the metrics")
+
+    from aaclip.grid import add_arguments
+
+    add_arguments(sub.add_parser("grid", help="methods × protocols × shots × seeds as jobs"))
     return p
 
 
@@ -333,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "bench": cmd_bench,
         "import-released": cmd_import,
+        "grid": cmd_grid,
     }
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:

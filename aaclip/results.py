@@ -69,3 +69,32 @@ def long_means(table: pd.DataFrame, method: str, train_set: str, shots: str) -> 
     long.insert(0, "train_set", train_set)
     long.insert(0, "method", method)
     return long
+
+
+def mean_std(table: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
+    """Seeds as an axis: mean, sample standard deviation (NaN for one row) and count `n` of
+    `value` over the rows sharing the columns `by` (every column but the seed, usually)."""
+    stats = table.groupby(list(by), sort=False, dropna=False)[value]
+    return stats.agg(mean="mean", std="std", n="count").reset_index()
+
+
+def mean_std_table(
+    stats: pd.DataFrame, columns: str = "metric", digits: int = 2, scale: float = 100.0
+) -> pd.DataFrame:
+    """`mean_std` output for reading (AdaptCLIP-style): one column per value of `columns`,
+    cells 'mean ± std' (times `scale`: percent by default; '–' where undefined)."""
+
+    def cell(row: pd.Series) -> str:
+        if pd.isna(row["mean"]):
+            return "–"
+        std = "–" if pd.isna(row["std"]) else f"{row['std'] * scale:.{digits}f}"
+        return f"{row['mean'] * scale:.{digits}f} ± {std}"
+
+    keys = [c for c in stats.columns if c not in (columns, "mean", "std", "n")]
+    shown = stats.assign(cell=stats.apply(cell, axis=1))
+    wide = shown.pivot(index=keys, columns=columns, values="cell")
+    wide = wide[list(dict.fromkeys(stats[columns]))].join(  # columns in first-seen order
+        shown.groupby(keys, sort=False, dropna=False)["n"].max().rename("seeds")
+    )
+    order = stats[keys].drop_duplicates()  # rows in first-seen order too
+    return order.merge(wide.reset_index(), on=keys, how="left").rename_axis(columns=None)
