@@ -188,16 +188,28 @@ def run_job(spec: Spec, job: Job, folder: str | Path) -> dict[str, Any]:
         (run_dir / FAILED).unlink(missing_ok=True)
         return {"name": job.name, "status": "done", "wall_time_s": wall}
     except Exception as err:  # the job's failure is data for the grid, not a crash
-        line = " ".join(f"{type(err).__name__}: {err}".split())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        failure = {"name": job.name, "error": line, "traceback": traceback.format_exc()}
-        atomic_write_text(run_dir / FAILED, json.dumps(failure, indent=2))
-        return {"name": job.name, "status": "failed", "error": line}
+        return _failed(folder, job, f"{type(err).__name__}: {err}", traceback.format_exc())
+
+
+def _failed(folder: str | Path, job: Job, error: str, trace: str) -> dict[str, Any]:
+    """Write `failed.json` (one error line and the traceback); the outcome of a failed job."""
+    line = " ".join(error.split())
+    run_dir = Path(folder) / job.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    failure = {"name": job.name, "error": line, "traceback": trace}
+    atomic_write_text(run_dir / FAILED, json.dumps(failure, indent=2))
+    return {"name": job.name, "status": "failed", "error": line}
 
 
 # --------------------------------------------------------------------------- engines
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, gpus: list[str], counter: Any) -> None:
+    """Worker i: cores / workers threads and, with several GPUs visible, GPU i mod #GPUs."""
     import logging
+
+    with counter.get_lock():
+        index, counter.value = counter.value, counter.value + 1
+    if len(gpus) > 1:  # before torch touches CUDA in this fresh (spawned) process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
     import torch
 
@@ -205,17 +217,26 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _visible_gpus(device: str | None) -> list[str]:
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return listed.split(",") if listed else [str(i) for i in range(torch.cuda.device_count())]
+
+
 def run_local(
     spec: Spec, jobs: list[Job], folder: Path, workers: int, report: Callable[[dict], None]
 ) -> list[dict]:
-    """Jobs in `workers` parallel processes (each with cores / workers threads); 0 runs them
-    in this process, one after the other."""
+    """Jobs in `workers` parallel processes (each with cores / workers threads, and its own
+    GPU where several are visible); 0 runs them in this process, one after the other."""
     if workers == 0:
         return [_reported(run_job(spec, job, folder), report) for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(
-        workers, multiprocessing.get_context("spawn"), _init_worker, (threads,)
-    )
+    mp = multiprocessing.get_context("spawn")  # fresh processes: no inherited torch state
+    init = (threads, _visible_gpus(spec.device), mp.Value("i", 0))
+    pool = ProcessPoolExecutor(workers, mp, _init_worker, init)
     with pool:
         futures = {pool.submit(run_job, spec, job, folder): job for job in jobs}
         outcomes = []
@@ -223,8 +244,8 @@ def run_local(
             try:
                 outcome = future.result()
             except Exception as err:  # a worker died (out of memory, killed)
-                name = futures[future].name
-                outcome = {"name": name, "status": "failed", "error": f"worker died: {err}"}
+                trace = traceback.format_exc()
+                outcome = _failed(folder, futures[future], f"worker died: {err}", trace)
             outcomes.append(_reported(outcome, report))
     return outcomes
 
@@ -251,7 +272,7 @@ def run_slurm(spec: Spec, jobs: list[Job], folder: Path, report: Callable[[dict]
         try:
             outcome = handle.result()
         except Exception as err:  # the job never ran to its record (time limit, node failure)
-            outcome = {"name": job.name, "status": "failed", "error": " ".join(str(err).split())}
+            outcome = _failed(folder, job, f"slurm: {err}", traceback.format_exc())
         outcomes.append(_reported(outcome, report))
     return outcomes
 
