@@ -12,8 +12,8 @@ table over seeds (`results.mean_std`).
 
 Protocols: `cross` trains on the config's training set and tests on all its test sets (one
 job; `targets` keeps only the named test sets); `leave_one_out` (MVFA) is one job per target
-of `sets`, trained on all the other sets. Ablations are names from a method's `ABLATIONS`;
-each method runs `base` plus the listed ablations it defines.
+of `sets`, trained on all the other sets. Ablations are names from a method's
+`ablations(cfg)`; each method runs `base` plus the listed ablations it defines.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def expand(spec: Spec) -> list[Job]:
     unknown = [p for p in spec.protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocols {unknown}; known: {', '.join(PROTOCOLS)}")
-    ablations = {m: method_class(m).ABLATIONS for m in spec.methods}
+    ablations = {m: method_class(m).ablations(_base_config(spec, m).model) for m in spec.methods}
     nowhere = [a for a in spec.ablations if not any(a in abl for abl in ablations.values())]
     if nowhere:
         raise ValueError(f"ablations {nowhere} are defined by none of {spec.methods}")
@@ -124,15 +124,19 @@ def expand(spec: Spec) -> list[Job]:
     return jobs
 
 
+def _base_config(spec: Spec, method: str) -> ExperimentConfig:
+    """The method's preset with the spec's overrides: what every job of the method starts from."""
+    root = {"data_root": spec.data_root} if spec.data_root else {}
+    return apply_overrides(preset(spec.profile, method, **root), list(spec.overrides))
+
+
 def job_config(spec: Spec, job: Job, folder: str | Path) -> ExperimentConfig:
     """The experiment config of one job (leave_one_out writes its merged training records)."""
     from aaclip.methods import method_class
 
-    root = {"data_root": spec.data_root} if spec.data_root else {}
-    cfg = preset(spec.profile, job.method, **root)
-    cfg = apply_overrides(cfg, list(spec.overrides))
+    cfg = _base_config(spec, job.method)
     if job.ablation != "base":
-        cfg = apply_overrides(cfg, method_class(job.method).ABLATIONS[job.ablation])
+        cfg = apply_overrides(cfg, method_class(job.method).ablations(cfg.model)[job.ablation])
     if job.protocol == "leave_one_out":
         cfg = protocols.leave_one_out(cfg, spec.sets, job.target, Path(folder) / job.name)
     elif spec.targets:
