@@ -1,5 +1,5 @@
-"""`aaclip methods | prepare | train | test | predict | import-released | bench | grid`: thin
-wrappers."""
+"""`aaclip methods | prepare | train | test | predict | export | import-released | bench | grid`:
+thin wrappers."""
 
 from __future__ import annotations
 
@@ -163,18 +163,57 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.model:  # an export: its class text, domain and calibration are fixed
+        from aaclip.deploy import predict_model
+
+        if args.description or args.domain:
+            raise ValueError(
+                f"{args.model}: an export's description and domain are fixed; "
+                "drop --description/--domain (or export again)"
+            )
+        csv_path = predict_model(
+            args.model,
+            args.images,
+            args.out,
+            runtime=args.runtime,
+            weights=args.weights,
+            device=args.device,
+        )
+        print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
+        return 0
     from aaclip.predict import predict_files
 
+    if not args.description:
+        raise ValueError("--description is required with --checkpoint (what the images show)")
+    if args.runtime:
+        raise ValueError("--runtime applies to --model (an export)")
     csv_path = predict_files(
         args.checkpoint,
         args.images,
         args.description,
         args.out,
-        domain=args.domain,
+        domain=args.domain or "industrial",
         weights=args.weights,
         device=args.device,
     )
     print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from aaclip.export import export_checkpoint
+
+    manifest = export_checkpoint(
+        args.checkpoint,
+        args.class_name,
+        args.out,
+        description=args.description,
+        domain=args.domain,
+        backbone=args.backbone,
+        onnx=args.onnx,
+        weights=args.weights,
+    )
+    print(f"wrote {manifest.parent} (use it with `aaclip predict --model {manifest.parent}`)")
     return 0
 
 
@@ -291,13 +330,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp = sub.add_parser("predict", help="heat maps and scores for your own images")
-    sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--description", required=True, help="what the images show, e.g. 'bottle'")
-    sp.add_argument("--domain", default="industrial", choices=["industrial", "medical"])
+    source = sp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint")
+    source.add_argument("--model", metavar="DIR", help="an `aaclip export` folder instead")
+    sp.add_argument("--description", help="what the images show, e.g. 'bottle' (--checkpoint)")
+    sp.add_argument(
+        "--domain", choices=["industrial", "medical"], help="default industrial (--checkpoint)"
+    )
+    sp.add_argument(
+        "--runtime", choices=["torch", "onnx"], help="--model: default onnx if it has one"
+    )
     sp.add_argument("--out", default="predictions")
-    sp.add_argument("--weights")
+    sp.add_argument("--weights", help="backbone weights (--model: for --backbone reference)")
     sp.add_argument("--device")
     sp.add_argument("images", nargs="+", help="image files and/or folders")
+
+    sp = sub.add_parser(
+        "export", help="one class of a checkpoint as a self-contained folder (+ ONNX)"
+    )
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--class-name", required=True, help="the class whose text is baked in")
+    sp.add_argument("--description", help="text for the prompts (default: the class name)")
+    sp.add_argument("--domain", default="industrial", choices=["industrial", "medical"])
+    sp.add_argument("--out", required=True, help="a new folder")
+    sp.add_argument(
+        "--backbone",
+        default="embed",
+        choices=["embed", "reference"],
+        help="embed the CLIP weights (default) or keep only their content hash",
+    )
+    sp.add_argument("--onnx", action="store_true", help="also write model.onnx (onnxruntime)")
+    sp.add_argument("--weights", help="local CLIP weights file (else $AACLIP_WEIGHTS)")
 
     sp = sub.add_parser(
         "import-released", help="convert the authors' text_adapter.pth / image_adapter_N.pth"
@@ -345,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": cmd_bench,
         "import-released": cmd_import,
         "grid": cmd_grid,
+        "export": cmd_export,
     }
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:

@@ -14,10 +14,11 @@ from PIL import Image
 
 from aaclip import checkpoints as ck
 from aaclip import data, scoring
+from aaclip.calibration import Calibration
 from aaclip.config import ExperimentConfig
 from aaclip.evaluate import load_methods
 from aaclip.fileio import atomic_write_text
-from aaclip.methods import Prediction
+from aaclip.methods import InputSpec, Prediction
 from aaclip.runtime import pick_device
 from aaclip.transforms import image_to_tensor
 
@@ -111,11 +112,14 @@ def predict_files(
     weights: str | None = None,
     device: str | None = None,
     batch_size: int = 8,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Score images with a checkpoint; write `overlays/*.png` and `scores.csv`; return the CSV.
 
     Maps and scores are min-max normalised over the images given (the protocol's per-class
     rule), so pass all images of one kind together. With a single image only raw values exist.
+    With a `calibration` of the class, each image also gets its calibrated score, its label
+    and a binary mask (`masks/*.png`), which depend on that image alone.
     """
     meta = ck.read_meta(checkpoint)
     if "config" not in meta:
@@ -126,8 +130,22 @@ def predict_files(
     dev = pick_device(device)
     method = next(iter(load_methods(cfg, [checkpoint], dev).values()))
     ctx = method.prepare_class(description, None, domain, description=description)
-    spec = method.input_spec()
     files = collect_images(inputs, exclude=[out_dir])  # never re-read our own overlays
+    raw = score_files(lambda x: method.predict(x, ctx), files, method.input_spec(), dev, batch_size)
+    norm_maps, scores = method.class_scores(raw, ctx)
+    return write_predictions(files, raw, norm_maps, scores, out_dir, calibration)
+
+
+@torch.no_grad()
+def score_files(
+    predict: Callable[[torch.Tensor], Prediction],
+    files: list[Path],
+    spec: InputSpec,
+    device: torch.device,
+    batch_size: int = 8,
+) -> Prediction:
+    """Raw outputs (on the CPU) of `predict` on the images, read and preprocessed by `spec`,
+    in batches."""
     parts = []
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
@@ -136,29 +154,46 @@ def predict_files(
                 image_to_tensor(data.load_image(p), spec.image_size, spec.mean, spec.std)
                 for p in chunk
             ]
-        ).to(dev)
-        parts.append(method.predict(images, ctx).to(torch.device("cpu")))
-    raw = Prediction.cat(parts)
+        ).to(device)
+        parts.append(predict(images).to(torch.device("cpu")))
+    return Prediction.cat(parts)
+
+
+def write_predictions(
+    files: list[Path],
+    raw: Prediction,
+    norm_maps: torch.Tensor,
+    scores: torch.Tensor,
+    out_dir: str | Path,
+    calibration: Calibration | None = None,
+) -> Path:
+    """`overlays/*.png` and `scores.csv` (plus `masks/*.png` with a calibration); the CSV."""
     raw_maps, raw_probs = raw.maps, raw.scores
-    norm_maps, scores = method.class_scores(raw, ctx)
     single = len(files) == 1
     if single:  # nothing to normalise against: show the map on its own range, keep raw values
         norm_maps = scoring.minmax(raw_maps)
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    if calibration is not None:
+        (out_dir / "masks").mkdir(exist_ok=True)
     rows = []
     for k, path in enumerate(files):
         name = f"{k:04d}_{path.stem}.png"
         overlay(data.load_image(path), norm_maps[k].numpy()).save(out_dir / "overlays" / name)
-        rows.append(
-            {
-                "image": str(path),
-                "score": "" if single else f"{scores[k].item():.6f}",
-                "raw_image_probability": f"{raw_probs[k].item():.6f}",
-                "raw_map_max": f"{raw_maps[k].max().item():.6f}",
-                "overlay": f"overlays/{name}",
-            }
-        )
+        row = {
+            "image": str(path),
+            "score": "" if single else f"{scores[k].item():.6f}",
+            "raw_image_probability": f"{raw_probs[k].item():.6f}",
+            "raw_map_max": f"{raw_maps[k].max().item():.6f}",
+            "overlay": f"overlays/{name}",
+        }
+        if calibration is not None:
+            mask = calibration.mask(raw_maps[k].numpy())
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / "masks" / name)
+            row["calibrated_score"] = f"{calibration.normalise_score(raw_probs[k].item()):.6f}"
+            row["label"] = "anomalous" if calibration.label(raw_probs[k].item()) else "normal"
+            row["mask"] = f"masks/{name}"
+        rows.append(row)
     csv_path = out_dir / "scores.csv"
     atomic_write_text(csv_path, _csv(rows))
     return csv_path
