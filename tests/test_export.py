@@ -1,0 +1,314 @@
+"""Exports: contents and manifest, ONNX parity, predict --model == predict from the checkpoint,
+refusals (other package version, tampered or missing file, per-image text, wrong backbone)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aaclip import deploy, export
+from aaclip.cli import main
+
+SIZE = 64
+CLASS = "grass"
+
+
+def _checkpoint(folder: Path, method: str = "aaclip") -> Path:
+    from aaclip import checkpoints as ck
+    from aaclip.config import apply_overrides, preset
+    from aaclip.methods import create_method
+
+    cfg = apply_overrides(preset("smoke", method), [f"backbone.image_size={SIZE}"])
+    model = create_method(cfg, "cpu")
+    torch.manual_seed(3)  # trained-looking adapters: not the init of the seed
+    for p in model.adapters.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    meta = {"method": model.name, "stage": 2, "epoch": 1, "config": cfg.to_dict()}
+    meta["backbone"] = model.backbone.identity
+    path = folder / "model.safetensors"
+    ck.save_adapters(path, model.adapter_state(), meta)
+    return path
+
+
+def _images(folder: Path, n: int, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 72, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _calibrate(checkpoint: Path, normals: list[Path]) -> None:
+    """`<checkpoint>.calibration.json` in the calibrate verb's format, made here from the raw
+    outputs of the checkpoint on `normals` (other images than the ones predicted)."""
+    from aaclip.calibration import calibrate, calibrations_to_dict
+    from aaclip.checkpoints import read_meta
+    from aaclip.config import ExperimentConfig
+    from aaclip.evaluate import load_methods
+    from aaclip.predict import score_files
+
+    cfg = ExperimentConfig.from_dict(read_meta(checkpoint)["config"])
+    method = next(iter(load_methods(cfg, [checkpoint], torch.device("cpu")).values()))
+    ctx = method.prepare_class(CLASS, None, "industrial", description=CLASS)
+    with torch.no_grad():
+        raw = score_files(lambda x: method.predict(x, ctx), normals, method.input_spec(), "cpu")
+    cal = calibrate(raw.scores.numpy(), raw.maps.numpy(), fpr=0.25, class_name=CLASS)
+    data = {
+        **calibrations_to_dict({CLASS: cal}),
+        "checkpoint_sha256": export._sha256(checkpoint),
+        "fpr": 0.25,
+    }
+    Path(f"{checkpoint}.calibration.json").write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict:
+    """A calibrated checkpoint, its ONNX export through the CLI, and images to predict."""
+    root = tmp_path_factory.mktemp("export")
+    ckpt = _checkpoint(root)
+    _calibrate(ckpt, _images(root / "normals", 6, seed=10))
+    images = _images(root / "photos", 3, seed=0)
+    out = root / "exported"
+    argv = ["export", "--checkpoint", str(ckpt), "--class-name", CLASS, "--out", str(out)]
+    if export.onnx_available():
+        argv.append("--onnx")
+    assert main(argv) == 0
+    return {"root": root, "checkpoint": ckpt, "export": out, "images": images}
+
+
+def _copy(made: dict, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(made["export"], tmp_path / "copy"))
+
+
+def _rows(csv_path: Path) -> list[dict]:
+    with open(csv_path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_export_folder_holds_what_inference_needs(made) -> None:
+    folder = made["export"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = {p.name for p in folder.iterdir()} - {"manifest.json"}
+    assert {"adapter.safetensors", "anchors.safetensors", "backbone.safetensors"} <= names
+    assert "calibration.json" in names
+    assert set(manifest["files"]) == names  # every other file, by sha256
+    for name, digest in manifest["files"].items():
+        assert export._sha256(folder / name) == digest
+    assert manifest["method"] == "aaclip" and manifest["class_name"] == CLASS
+    assert manifest["domain"] == "industrial" and manifest["scoring"]["rule"] == "industrial"
+    assert manifest["versions"]["aaclip"] == __import__("aaclip").__version__
+    assert manifest["config"]["backbone"]["name"] == "aaclip-tiny"
+    assert manifest["input_spec"]["image_size"] == SIZE
+    assert manifest["backbone"]["mode"] == "embed"
+    assert manifest["created"] and manifest["checkpoint"]["name"] == "model.safetensors"
+    assert deploy.verify(folder) == manifest
+
+
+def test_exported_detector_is_the_method_with_baked_anchors(made) -> None:
+    """PyTorch runtime of the export == the checkpoint's method with the class's own text."""
+    from aaclip.config import ExperimentConfig
+    from aaclip.evaluate import load_methods
+
+    manifest = deploy.verify(made["export"])
+    cfg = ExperimentConfig.from_dict(manifest["config"])
+    method = next(iter(load_methods(cfg, [made["checkpoint"]], torch.device("cpu")).values()))
+    ctx = method.prepare_class(CLASS, None, "industrial", description=CLASS)
+    detector = deploy.load_torch(made["export"])
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = method.predict(x, ctx)
+    got = detector.predict(x)
+    assert torch.equal(detector.anchors, ctx.text)
+    assert torch.equal(got.maps, ref.maps) and torch.equal(got.scores, ref.scores)
+
+
+def test_onnx_matches_pytorch_with_a_dynamic_batch(made) -> None:
+    pytest.importorskip("onnxruntime")
+    if not export.onnx_available():
+        pytest.skip("onnx/onnxscript not installed: no ONNX export")
+    detector = deploy.load_torch(made["export"])
+    onnx = deploy.OnnxDetector(made["export"], threads=1)
+    g = torch.Generator().manual_seed(1)
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, 3, SIZE, SIZE, generator=g)
+        ref = detector.predict(x)
+        maps, scores = onnx.run(x.numpy())
+        assert maps.shape == (batch, SIZE, SIZE) and scores.shape == (batch,)
+        assert np.abs(maps - ref.maps.numpy()).max() <= 1e-4
+        assert np.abs(scores - ref.scores.numpy()).max() <= 1e-4
+
+
+def test_predict_model_equals_predict_from_the_checkpoint(made, capsys) -> None:
+    """Same CSV and overlays; the calibrated labels and masks of the export's calibration."""
+    from aaclip.calibration import calibrations_from_dict
+    from aaclip.predict import predict_files
+
+    root = made["root"]
+    cal = calibrations_from_dict(
+        json.loads(Path(f"{made['checkpoint']}.calibration.json").read_text())
+    )[CLASS]
+    ref = predict_files(
+        made["checkpoint"], made["images"], CLASS, root / "p_ckpt", device="cpu", calibration=cal
+    )
+    ref_rows = _rows(ref)
+    assert {r["label"] for r in ref_rows} <= {"normal", "anomalous"}
+    runtimes = ["torch"] + (["onnx"] if export.onnx_available() else [])
+    for runtime in runtimes:
+        out = root / f"p_{runtime}"
+        argv = ["predict", "--model", str(made["export"]), "--runtime", runtime]
+        assert main([*argv, "--out", str(out), *map(str, made["images"])]) == 0
+        rows = _rows(out / "scores.csv")
+        assert [r["image"] for r in rows] == [r["image"] for r in ref_rows]
+        assert [r["label"] for r in rows] == [r["label"] for r in ref_rows]
+        for r, s in zip(rows, ref_rows, strict=True):
+            for key in ("score", "raw_image_probability", "raw_map_max", "calibrated_score"):
+                if runtime == "torch":
+                    assert r[key] == s[key]
+                else:
+                    assert abs(float(r[key]) - float(s[key])) <= 1e-4
+            mask = np.asarray(Image.open(out / r["mask"]))
+            ref_mask = np.asarray(Image.open(root / "p_ckpt" / s["mask"]))
+            same = (mask == ref_mask).mean()
+            assert same == 1.0 if runtime == "torch" else same > 0.999
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_reference_backbone_is_rebuilt_and_checked(made, tmp_path: Path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    from aaclip.backbone import create_backbone
+
+    out = tmp_path / "ref"
+    argv = ["export", "--checkpoint", str(made["checkpoint"]), "--class-name", CLASS]
+    assert main([*argv, "--out", str(out), "--backbone", "reference"]) == 0
+    assert not (out / "backbone.safetensors").exists()
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    a = deploy.load_torch(out).predict(x)
+    b = deploy.load_torch(made["export"]).predict(x)
+    assert torch.equal(a.maps, b.maps) and torch.equal(a.scores, b.scores)
+    other = create_backbone("aaclip-tiny", image_size=SIZE, init_seed=5).clip.state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "other.safetensors"))
+    capsys.readouterr()
+    argv = ["predict", "--model", str(out), "--weights", str(tmp_path / "other.safetensors")]
+    assert main([*argv, "--out", str(tmp_path / "p"), str(made["images"][0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "made for another backbone" in err and "weights" in err
+
+
+def _predict_err(folder: Path, made: dict, tmp_path: Path, capsys) -> str:
+    capsys.readouterr()
+    argv = ["predict", "--model", str(folder), "--out", str(tmp_path / "p")]
+    assert main([*argv, str(made["images"][0])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("aaclip: error: ")
+    return err
+
+
+def test_tampered_or_missing_file_is_refused_by_name(made, tmp_path: Path, capsys) -> None:
+    folder = _copy(made, tmp_path)
+    anchors = folder / "anchors.safetensors"
+    blob = bytearray(anchors.read_bytes())
+    blob[-1] ^= 1
+    anchors.write_bytes(bytes(blob))
+    err = _predict_err(folder, made, tmp_path, capsys)
+    assert f"{anchors}: sha256 differs from the manifest" in err
+    anchors.unlink()
+    err = _predict_err(folder, made, tmp_path, capsys)
+    assert f"{anchors}: missing" in err
+
+
+def test_edited_manifest_is_refused(made, tmp_path: Path, capsys) -> None:
+    folder = _copy(made, tmp_path)
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["domain"] = "medical"
+    path.write_text(json.dumps(manifest))
+    assert "manifest.json: edited after export" in _predict_err(folder, made, tmp_path, capsys)
+
+
+def test_other_package_version_is_refused(made, tmp_path: Path, capsys) -> None:
+    folder = _copy(made, tmp_path)
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["versions"]["aaclip"] = "0.0.1"
+    manifest["manifest_sha256"] = export.manifest_digest(manifest)
+    path.write_text(json.dumps(manifest))
+    err = _predict_err(folder, made, tmp_path, capsys)
+    assert f"{folder}: exported by aaclip 0.0.1, this is aaclip " in err
+
+
+def test_export_without_calibration_warns_in_one_line(tmp_path: Path, capsys) -> None:
+    ckpt = _checkpoint(tmp_path)
+    capsys.readouterr()
+    argv = ["export", "--checkpoint", str(ckpt), "--class-name", CLASS]
+    assert main([*argv, "--out", str(tmp_path / "e"), "--backbone", "reference"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no calibration" in err and "labels" in err
+    manifest = deploy.verify(tmp_path / "e")
+    assert manifest["calibration"] is None
+    out = tmp_path / "p"
+    images = _images(tmp_path / "imgs", 2, seed=4)
+    argv_p = ["predict", "--model", str(tmp_path / "e"), "--out", str(out)]
+    assert main([*argv_p, *map(str, images)]) == 0
+    assert "label" not in _rows(out / "scores.csv")[0]
+    # an existing, non-empty --out is refused, nothing written
+    assert main([*argv, "--out", str(tmp_path / "e")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_per_image_text_method_is_refused(tiny_clip) -> None:
+    from aaclip.methods import ClipBaseline
+
+    class PerImage(ClipBaseline):
+        name = "per-image"
+
+        def class_anchors(self, class_name, dataset, description=None):
+            return None
+
+    with pytest.raises(export.ExportError, match="computes its text from each image") as err:
+        export.detector_for(PerImage(tiny_clip), CLASS)
+    assert "\n" not in str(err.value)
+
+
+def test_predict_options_are_checked(made, tmp_path: Path, capsys) -> None:
+    image = str(made["images"][0])
+    for argv, fragment in (
+        (["--model", str(made["export"]), "--description", "x"], "fixed"),
+        (["--checkpoint", str(made["checkpoint"])], "--description is required"),
+        (["--model", str(tmp_path / "none")], "no such export folder"),
+        (["--model", str(tmp_path)], "not an aaclip export"),
+    ):
+        capsys.readouterr()
+        assert main(["predict", *argv, "--out", str(tmp_path / "p"), image]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and fragment in err
+
+
+@pytest.mark.slow
+def test_clip_baseline_exports_to_onnx(tiny_clip, tmp_path: Path) -> None:
+    """open_clip's forward_intermediates path (the CLIP baseline) traces too."""
+    pytest.importorskip("onnxruntime")
+    if not export.onnx_available():
+        pytest.skip("onnx/onnxscript not installed: no ONNX export")
+    from aaclip.methods import ClipBaseline
+
+    method = ClipBaseline(tiny_clip).eval()
+    detector = export.detector_for(method, CLASS, "medical", description=CLASS)
+    export.export_onnx(detector, tmp_path / "m.onnx", SIZE)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    ref = detector.predict(x)
+    maps, scores = session.run(None, {"images": x.numpy()})
+    assert np.abs(maps - ref.maps.numpy()).max() <= 1e-4
+    assert np.abs(scores - ref.scores.numpy()).max() <= 1e-4
