@@ -74,9 +74,11 @@ def bench_model(
     train: bool = True,
     warmup: int = 1,
     method: str = "aaclip",
+    onnx: bool = False,
 ) -> list[dict]:
     """Inference with scoring, then one timed training step per stage of the method (at the
-    stage's own batch size from the method's released schedule)."""
+    stage's own batch size from the method's released schedule). `onnx`: also the same
+    inference exported to ONNX (`aaclip.export`) in an onnxruntime CPU session."""
     model_cfg = method_class(method).Config()
     if hasattr(model_cfg, "class_descriptions"):
         model_cfg.class_descriptions = "plain"
@@ -96,6 +98,8 @@ def bench_model(
     model.eval()
     _reset_peak(device)
     rows = [_row("inference+scoring", batch_size, _timed(infer, device, steps, warmup), device)]
+    if onnx:
+        rows.append(_onnx_row(model, ctx, batch["image"], steps, warmup))
     if not train:
         return rows
     for stage in model.stages():
@@ -112,6 +116,25 @@ def bench_model(
         rows.append(_row(what, stage.batch_size, _timed(step, device, steps, warmup), device))
         model.eval()
     return rows
+
+
+def _onnx_row(model, ctx, images: torch.Tensor, steps: int, warmup: int) -> dict:
+    """The inference row of the model exported to ONNX, run by onnxruntime on the CPU with
+    torch's thread count."""
+    import tempfile
+
+    from aaclip.deploy import OnnxDetector
+    from aaclip.export import ExportedDetector, export_onnx
+
+    device = images.device
+    detector = ExportedDetector(model, ctx.text, ctx.class_name, ctx.domain)
+    with tempfile.TemporaryDirectory(prefix="aaclip-bench-onnx-") as tmp:
+        export_onnx(detector, Path(tmp) / "model.onnx", images.shape[-1])
+        model.to(device)
+        session = OnnxDetector(tmp, torch.get_num_threads())
+        x = images.cpu().numpy()
+        times = _timed(lambda: session.run(x), torch.device("cpu"), steps, warmup)
+    return _row("inference+scoring (onnxruntime cpu)", len(x), times, torch.device("cpu"))
 
 
 def bench_metrics(n: int = 1725, size: int = 518, seed: int = 0) -> list[dict]:
@@ -170,6 +193,7 @@ def run_bench(
     train: bool = True,
     warmup: int = 1,
     method: str = "aaclip",
+    onnx: bool = False,
 ) -> list[dict]:
     """Run the benchmarks, print nothing, append rows to `out_dir/bench.csv` and return them."""
     dev = pick_device(device)
@@ -186,6 +210,7 @@ def run_bench(
         train=train,
         warmup=warmup,
         method=method,
+        onnx=onnx,
     )
     if metrics:
         rows += bench_metrics(metrics_n)

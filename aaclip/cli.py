@@ -259,6 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         metrics_n=args.metrics_n,
         train=not args.no_train,
         warmup=args.warmup,
+        onnx=args.onnx,
     )
     print(bench_table(row))
     return 0
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="results/bench")
     sp.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     sp.add_argument("--no-train", action="store_true", help="time inference only")
+    sp.add_argument(
+        "--onnx", action="store_true", help="also inference exported to ONNX, onnxruntime CPU"
+    )
     sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
     sp.add_argument("--metrics-n", type=int, default=1725, help="maps of 518² for the metrics")
 

@@ -235,6 +235,8 @@ def load(
     folder = Path(folder)
     manifest = verify(folder)
     runtime = pick_runtime(manifest, runtime)
+    if weights is not None and manifest["backbone"]["mode"] == "embed":
+        raise ExportError(f"{folder}: embeds its backbone; --weights is for --backbone reference")
     ctx = context(manifest)
     if runtime == "torch":
         dev = pick_device(device)

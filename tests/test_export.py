@@ -312,3 +312,50 @@ def test_clip_baseline_exports_to_onnx(tiny_clip, tmp_path: Path) -> None:
     maps, scores = session.run(None, {"images": x.numpy()})
     assert np.abs(maps - ref.maps.numpy()).max() <= 1e-4
     assert np.abs(scores - ref.scores.numpy()).max() <= 1e-4
+
+
+def test_readme_onnxruntime_example_runs_without_aaclip(made, tmp_path: Path) -> None:
+    """The README's onnxruntime-only example: same raw scores and labels as predict --model."""
+    import re
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    if not export.onnx_available():
+        pytest.skip("onnx/onnxscript not installed: no ONNX export")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Deploying a trained detector", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.splitlines()) <= 32 and "aaclip" not in code and "torch" not in code
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script), str(made["export"]), *map(str, made["images"])],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout.splitlines()  # fmt: skip
+    argv = ["predict", "--model", str(made["export"]), "--out", str(tmp_path / "p")]
+    assert main([*argv, *map(str, made["images"])]) == 0
+    rows = _rows(tmp_path / "p" / "scores.csv")
+    assert len(out) == len(rows)
+    for line, row in zip(out, rows, strict=True):
+        assert line.startswith(f"{row['image']}: raw score ")
+        assert f"raw score {float(row['raw_image_probability']):.4f}" in line
+        assert f", {row['label']}, " in line
+
+
+@pytest.mark.slow
+def test_bench_has_an_onnxruntime_row(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    if not export.onnx_available():
+        pytest.skip("onnx/onnxscript not installed: no ONNX export")
+    from aaclip.bench import run_bench
+
+    rows = run_bench(
+        "aaclip-tiny", SIZE, 2, "cpu", "fp32", steps=1, out_dir=tmp_path, metrics=False,
+        train=False, warmup=0, onnx=True,
+    )  # fmt: skip
+    assert [r["what"] for r in rows] == [
+        "inference+scoring",
+        "inference+scoring (onnxruntime cpu)",
+    ]
+    assert all(r["images_per_s"] > 0 for r in rows)
