@@ -261,6 +261,10 @@ def export_detector(
     report = report or _note
     if backbone not in BACKBONE_MODES:
         raise ExportError(f"--backbone must be embed or reference, got {backbone!r}")
+    if onnx and not onnx_available():
+        raise ExportError(
+            "--onnx needs the onnx and onnxscript packages: pip install 'aaclip[export]'"
+        )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out}: exists and is not an empty folder; choose a new --out")

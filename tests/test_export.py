@@ -359,3 +359,23 @@ def test_bench_has_an_onnxruntime_row(tmp_path: Path) -> None:
         "inference+scoring (onnxruntime cpu)",
     ]
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_without_the_onnx_packages_one_line_says_what_to_install(
+    made, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The core install has no onnx: export without --onnx works, --onnx is one line."""
+    import sys
+
+    monkeypatch.setattr(export, "onnx_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if absent
+    capsys.readouterr()
+    argv = ["export", "--checkpoint", str(made["checkpoint"]), "--class-name", CLASS]
+    assert main([*argv, "--out", str(tmp_path / "e"), "--onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'aaclip[export]'" in err
+    assert not (tmp_path / "e").exists()
+    argv = ["predict", "--model", str(made["export"]), "--runtime", "onnx"]
+    if deploy.read_manifest(made["export"]).get("onnx"):
+        assert main([*argv, "--out", str(tmp_path / "p"), str(made["images"][0])]) == 2
+        assert "onnxruntime is not installed" in capsys.readouterr().err
