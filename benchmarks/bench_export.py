@@ -12,7 +12,8 @@ it back through `aaclip.deploy` (manifest and hashes checked) with both runtimes
   (`torch.set_num_threads(threads)`) vs an onnxruntime CPU session with as many threads.
 
 Models: `tiny` = aaclip-tiny at 128 px (the smoke profile), `vitl` = ViT-L-14-336 at 518 px
-(the paper's). Rows are printed and appended to `results/bench/export.csv`.
+(the paper's). Rows are printed and appended to `results/bench/export.csv`. `--keep DIR`
+keeps the exports there, so a later run only times (ViT-L's export takes minutes).
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def _median_ms(fn, steps: int, warmup: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def bench(model: str, threads: int, steps: int, warmup: int, batches: list[int]) -> list[dict]:
+def bench(
+    model: str, threads: int, steps: int, warmup: int, batches: list[int], keep: Path | None
+) -> list[dict]:
     import onnxruntime
 
     name, size = MODELS[model]
@@ -83,12 +86,14 @@ def bench(model: str, threads: int, steps: int, warmup: int, batches: list[int])
     detector = detector_for(method, "bottle", "industrial")
     rows = []
     with tempfile.TemporaryDirectory(prefix="aaclip-export-") as tmp:
-        folder = Path(tmp) / "export"
-        t0 = time.perf_counter()
-        export_detector(
-            detector, cfg, folder, backbone="reference", onnx=True, report=lambda m: None
-        )
-        export_s = time.perf_counter() - t0
+        folder = Path(keep) / model if keep else Path(tmp) / "export"
+        export_s = float("nan")
+        if not (folder / "manifest.json").is_file():  # --keep: export once, time many
+            t0 = time.perf_counter()
+            export_detector(
+                detector, cfg, folder, backbone="reference", onnx=True, report=lambda m: None
+            )
+            export_s = time.perf_counter() - t0
         del detector, method
         torch.set_num_threads(threads)
         eager = deploy.load_torch(folder, device="cpu")
@@ -146,6 +151,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch", type=int, action="append", help="timed batch sizes (default 1)")
     p.add_argument("--out", type=Path, default=Path("results/bench/export.csv"))
+    p.add_argument("--keep", type=Path, help="export into KEEP/MODEL once, reuse it next time")
     args = p.parse_args()
     common = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -157,7 +163,9 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         load = f"{os.getloadavg()[0]:.1f}"
-        for row in bench(model, args.threads, args.steps, args.warmup, args.batch or [1]):
+        for row in bench(
+            model, args.threads, args.steps, args.warmup, args.batch or [1], args.keep
+        ):
             rows.append({**common, "load_avg": load, **row})
     old = []
     if args.out.is_file():
