@@ -1,5 +1,5 @@
-"""`aaclip methods | prepare | train | test | predict | import-released | bench | grid`: thin
-wrappers."""
+"""`aaclip methods | config | prepare | train | test | calibrate | predict | import-released |
+bench | grid`: thin wrappers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from aaclip.config import ExperimentConfig, apply_overrides, preset
@@ -159,10 +160,16 @@ def cmd_test(args: argparse.Namespace) -> int:
         table = table[table["checkpoint"] == best]
     means = table[table["class_name"] == "mean"].drop(columns=["class_name"])
     print(to_markdown(means))
+    for name in dict.fromkeys(table["checkpoint"]):
+        beside = run / "eval" / str(name) / "beside_published.md"
+        if cfg.profile == "paper" and beside.is_file():
+            print(f"beside the published numbers: {beside}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
     from aaclip.predict import predict_files
 
     csv_path = predict_files(
@@ -173,8 +180,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
         domain=args.domain,
         weights=args.weights,
         device=args.device,
+        class_name=args.class_name,
+        overlays=not args.no_overlays,
     )
-    print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    print(_predict_table(rows, shown=PREDICT_ROWS))
+    out = csv_path.parent
+    wrote = [str(csv_path)]
+    if not args.no_overlays:
+        wrote.append(f"{len(rows)} overlay{'s' * (len(rows) > 1)} in {out / 'overlays'}")
+    masks = sum(bool(r.get("mask")) for r in rows)
+    if masks:
+        wrote.append(f"{masks} mask{'s' * (masks > 1)} in {out / 'masks'}")
+    print("wrote " + ", ".join(wrote))
+    return 0
+
+
+PREDICT_ROWS = 20  # rows printed; every row is in scores.csv
+
+
+def _predict_table(rows: list[dict], shown: int) -> str:
+    """image, class, raw score, and when calibrated the normalised score and label."""
+    calibrated = any(r.get("score") for r in rows)
+    cols = ["image", "class", "raw_score"] + (["score", "label"] if calibrated else [])
+    if any(r.get("true_label") for r in rows):
+        cols.append("true_label")
+    head = {"raw_score": "raw score", "true_label": "truth"}
+    width = {c: max(len(head.get(c, c)), *(len(r.get(c, "")) for r in rows[:shown])) for c in cols}
+    lines = ["  ".join(f"{head.get(c, c):<{width[c]}}" for c in cols).rstrip()]
+    for r in rows[:shown]:
+        lines.append("  ".join(f"{r.get(c, '') or '–':<{width[c]}}" for c in cols).rstrip())
+    if len(rows) > shown:
+        lines.append(f"… and {len(rows) - shown} more in scores.csv")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from aaclip.calibrate import calibrate_checkpoint, summary_lines
+
+    run = calibrate_checkpoint(
+        args.checkpoint,
+        args.normal,
+        args.anomalous,
+        fpr=args.fpr,
+        class_name=args.class_name,
+        description=args.description,
+        domain=args.domain,
+        device=args.device,
+        weights=args.weights,
+    )
+    print("\n".join(summary_lines(run)))
     return 0
 
 
@@ -290,14 +346,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose the epoch on the test set (optimistic; every table it writes is marked)",
     )
 
-    sp = sub.add_parser("predict", help="heat maps and scores for your own images")
+    def what_images_show(sp: argparse.ArgumentParser, default_domain: str | None) -> None:
+        which = sp.add_mutually_exclusive_group()
+        which.add_argument("--class-name", help="the class (records: keep this class only)")
+        which.add_argument("--description", help="what the images show, e.g. 'bottle'")
+        sp.add_argument(
+            "--domain",
+            default=default_domain,
+            choices=["industrial", "medical"],
+            help="scoring rules (default: "
+            + (default_domain or "the calibration's, else industrial")
+            + ")",
+        )
+
+    sp = sub.add_parser(
+        "predict",
+        help="scores, labels, masks and overlays for your own images",
+        description="Score each image alone. With a calibration beside the checkpoint "
+        "(`aaclip calibrate`): raw score, normalised score (threshold 0.5), label and mask; "
+        "without: raw scores only.",
+    )
     sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--description", required=True, help="what the images show, e.g. 'bottle'")
-    sp.add_argument("--domain", default="industrial", choices=["industrial", "medical"])
-    sp.add_argument("--out", default="predictions")
+    what_images_show(sp, None)
+    sp.add_argument("--out", default="predictions", help="output folder (never read as input)")
+    sp.add_argument("--no-overlays", action="store_true", help="scores (and masks) only")
     sp.add_argument("--weights")
     sp.add_argument("--device")
-    sp.add_argument("images", nargs="+", help="image files and/or folders")
+    sp.add_argument(
+        "images", nargs="+", help="image files, folders and/or records files (.jsonl: ground truth)"
+    )
+
+    sp = sub.add_parser(
+        "calibrate",
+        help="thresholds at a false-positive rate from normal images, stored with the checkpoint",
+        description="Score normal images with the checkpoint's raw outputs and store, per "
+        "class, an image and a pixel threshold at --fpr and the normalisation (threshold "
+        "-> 0.5) in <checkpoint>.calibration.json. Anomalous images only add the TPR.",
+    )
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument(
+        "--normal",
+        required=True,
+        metavar="DIR_OR_RECORDS",
+        help="a folder of normal images (one class) or a records .jsonl (its label-0 records)",
+    )
+    sp.add_argument(
+        "--anomalous",
+        metavar="DIR_OR_RECORDS",
+        help="anomalous images (a folder, or the label-1 records of a .jsonl, masks used)",
+    )
+    sp.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate")
+    what_images_show(sp, "industrial")
+    sp.add_argument("--weights")
+    sp.add_argument("--device")
 
     sp = sub.add_parser(
         "import-released", help="convert the authors' text_adapter.pth / image_adapter_N.pth"
@@ -328,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, `aaclip: warning: ...` (not Python's file:line + source line)."""
+    text = " ".join(str(message).split())
+    print(f"aaclip: warning: {text}", file=file if file is not None else sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" at WARNING
@@ -342,20 +449,23 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "test": cmd_test,
         "predict": cmd_predict,
+        "calibrate": cmd_calibrate,
         "bench": cmd_bench,
         "import-released": cmd_import,
         "grid": cmd_grid,
     }
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:
-        if getattr(args, "device", None):  # one line now, not a CUDA traceback later
-            from aaclip.devices import parse_device
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            if getattr(args, "device", None):  # one line now, not a CUDA traceback later
+                from aaclip.devices import parse_device
 
-            parse_device(args.device)
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            if args.command == "prepare":
-                return cmd_prepare(args, rest)
-            return handlers[args.command](args)
+                parse_device(args.device)
+            with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+                if args.command == "prepare":
+                    return cmd_prepare(args, rest)
+                return handlers[args.command](args)
     except _user_errors() as err:
         if os.environ.get("AACLIP_DEBUG"):  # developers: the full traceback
             raise
