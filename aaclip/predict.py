@@ -341,15 +341,23 @@ def _inputs(
 ) -> list[_Item]:
     """Images of folders/files, and the records of `.jsonl` files (class and ground truth)."""
     items: list[_Item] = []
-    plain = [p for p in inputs if not str(p).endswith(RECORDS_SUFFIX)]
+    plain: list[str | Path] = []
+
+    def flush() -> None:  # never re-read our own overlays
+        if plain:
+            items.extend(_Item(p) for p in collect_images(plain, exclude=[out_dir], report=report))
+            plain.clear()
+
     for path in map(Path, inputs):
-        if str(path).endswith(RECORDS_SUFFIX):
-            root = path.parent
-            for r in data.load_records(path, require_masks=False):
-                mask = root / r.mask_path if r.mask_path else None
-                items.append(_Item(root / r.image_path, r.class_name, mask, r.label))
-    if plain:  # never re-read our own overlays
-        items += [_Item(p) for p in collect_images(plain, exclude=[out_dir], report=report)]
+        if not str(path).endswith(RECORDS_SUFFIX):
+            plain.append(path)
+            continue
+        flush()
+        root = path.parent
+        for r in data.load_records(path, require_masks=False):
+            mask = root / r.mask_path if r.mask_path else None
+            items.append(_Item(root / r.image_path, r.class_name, mask, r.label))
+    flush()
     return items
 
 
