@@ -118,6 +118,8 @@ def calibrate_checkpoint(
         text = (key, None) if description is None else (None, description)
         classes[key] = _Class(key, *text, normals=[p for p, _ in items])
     if anomalous is not None:
+        if Path(anomalous) == Path(normal):  # one records file for both: noted once
+            kw["report"] = lambda message: None
         for key, items in gather(anomalous, label=1, **kw).items():
             if key not in classes:
                 report(f"{anomalous}: class {key!r} has no normal images; its anomalies unused")

@@ -346,9 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose the epoch on the test set (optimistic; every table it writes is marked)",
     )
 
-    def what_images_show(sp: argparse.ArgumentParser, default_domain: str | None) -> None:
+    def what_images_show(
+        sp: argparse.ArgumentParser, default_domain: str | None, class_help: str
+    ) -> None:
         which = sp.add_mutually_exclusive_group()
-        which.add_argument("--class-name", help="the class (records: keep this class only)")
+        which.add_argument("--class-name", help=class_help)
         which.add_argument("--description", help="what the images show, e.g. 'bottle'")
         sp.add_argument(
             "--domain",
@@ -358,23 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
             + (default_domain or "the calibration's, else industrial")
             + ")",
         )
-
-    sp = sub.add_parser(
-        "predict",
-        help="scores, labels, masks and overlays for your own images",
-        description="Score each image alone. With a calibration beside the checkpoint "
-        "(`aaclip calibrate`): raw score, normalised score (threshold 0.5), label and mask; "
-        "without: raw scores only.",
-    )
-    sp.add_argument("--checkpoint", required=True)
-    what_images_show(sp, None)
-    sp.add_argument("--out", default="predictions", help="output folder (never read as input)")
-    sp.add_argument("--no-overlays", action="store_true", help="scores (and masks) only")
-    sp.add_argument("--weights")
-    sp.add_argument("--device")
-    sp.add_argument(
-        "images", nargs="+", help="image files, folders and/or records files (.jsonl: ground truth)"
-    )
 
     sp = sub.add_parser(
         "calibrate",
@@ -396,9 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="anomalous images (a folder, or the label-1 records of a .jsonl, masks used)",
     )
     sp.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate")
-    what_images_show(sp, "industrial")
+    what_images_show(sp, "industrial", "a folder's class; with records: keep this class only")
     sp.add_argument("--weights")
     sp.add_argument("--device")
+
+    sp = sub.add_parser(
+        "predict",
+        help="scores, labels, masks and overlays for your own images",
+        description="Score each image alone. With a calibration beside the checkpoint "
+        "(`aaclip calibrate`): raw score, normalised score (threshold 0.5), label and mask; "
+        "without: raw scores only.",
+    )
+    sp.add_argument("--checkpoint", required=True)
+    what_images_show(sp, None, "the images' class: a calibrated class, or a name for the prompts")
+    sp.add_argument("--out", default="predictions", help="output folder (never read as input)")
+    sp.add_argument("--no-overlays", action="store_true", help="scores (and masks) only")
+    sp.add_argument("--weights")
+    sp.add_argument("--device")
+    sp.add_argument(
+        "images", nargs="+", help="image files, folders and/or records files (.jsonl: ground truth)"
+    )
 
     sp = sub.add_parser(
         "import-released", help="convert the authors' text_adapter.pth / image_adapter_N.pth"

@@ -38,13 +38,16 @@ def _contour(ax, mask: np.ndarray | None, colour: str) -> bool:
     return True
 
 
-def title(result: Result) -> str:
-    """'photo.png (bottle): score 0.731 (raw 0.5123) → anomalous', or the uncalibrated form."""
+def title(result: Result, true_label: str | None = None) -> str:
+    """'photo.png (bottle): score 0.731 (raw 0.5123) → anomalous', or the uncalibrated form;
+    with `true_label` (records) '; truth: normal' is added."""
     name = Path(result.image).name
     head = f"{name} ({result.class_name})"
     if result.normalised is None:
-        return f"{head}: raw score {result.score:.4g}; no calibration, so no label"
-    return f"{head}: score {result.normalised:.3f} (raw {result.score:.4g}) → {result.label}"
+        text = f"{head}: raw score {result.score:.4g}; no calibration, so no label"
+    else:
+        text = f"{head}: score {result.normalised:.3f} (raw {result.score:.4g}) → {result.label}"
+    return text + (f"; truth: {true_label}" if true_label else "")
 
 
 def _layout(aspect: float) -> tuple[Figure, list, object]:
@@ -68,12 +71,18 @@ def _layout(aspect: float) -> tuple[Figure, list, object]:
     return fig, axes, bar_ax
 
 
-def figure(image: Image.Image, result: Result, truth: np.ndarray | None = None) -> Figure:
+def figure(
+    image: Image.Image,
+    result: Result,
+    truth: np.ndarray | None = None,
+    true_label: str | None = None,
+) -> Figure:
     """Image | heat map with colour bar | predicted mask contour (and ground truth), at the
     image's own aspect, titled with the score and label.
 
     The heat map is the normalised map (0..1, the pixel threshold at 0.5) when calibrated,
-    else the raw map on its own range. `truth`: a (H, W) bool ground-truth mask, drawn green.
+    else the raw map on its own range. `truth`: a (H, W) bool ground-truth mask, drawn green;
+    `true_label`: the record's label, added to the title.
     """
     w, h = image.size
     rgb = np.asarray(image.convert("RGB"))
@@ -117,7 +126,7 @@ def figure(image: Image.Image, result: Result, truth: np.ndarray | None = None) 
     if handles:
         axes[2].legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.7)
     colour = {"anomalous": "#b00000", "normal": "#006000"}.get(result.label or "", "black")
-    fig.suptitle(title(result), fontsize=10, color=colour, y=0.985, va="top")
+    fig.suptitle(title(result, true_label), fontsize=10, color=colour, y=0.985, va="top")
     return fig
 
 

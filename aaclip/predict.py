@@ -398,6 +398,7 @@ def predict_files(
     out_dir = Path(out_dir)
     det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
     items = _inputs(inputs, out_dir, report)
+    _remove_previous(out_dir)
     targets: dict[str | None, Target] = {}
     for cls in dict.fromkeys(i.class_name for i in items):
         own = cls is not None and class_name is None and description is None
@@ -424,13 +425,31 @@ def predict_files(
             atomic_write(out_dir / "masks" / name, _png(result.mask))
             row["mask"] = f"masks/{name}"
         if overlays:
-            fig = ov.figure(image, result, truth=_truth(item, result.size))
+            fig = ov.figure(image, result, _truth(item, result.size), row.get("true_label"))
             ov.save(fig, out_dir / "overlays" / name)
             row["overlay"] = f"overlays/{name}"
         rows.append(row)
     csv_path = out_dir / "scores.csv"
     atomic_write_text(csv_path, _csv(rows))
     return csv_path
+
+
+def _remove_previous(out_dir: Path) -> None:
+    """Remove the masks and overlays a previous run listed in `out_dir/scores.csv`, so the
+    folder never mixes two runs (files the CSV does not list are left alone)."""
+    old = out_dir / "scores.csv"
+    if not old.is_file():
+        return
+    try:
+        with open(old, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return
+    for row in rows:
+        for key, folder in (("mask", "masks"), ("overlay", "overlays")):
+            name = Path(row.get(key) or "")
+            if name.parent == Path(folder) and name.suffix == ".png":
+                (out_dir / name).unlink(missing_ok=True)
 
 
 def _report_uncalibrated(det: Detector, targets: list[Target], report) -> None:

@@ -108,6 +108,8 @@ def test_an_images_calibrated_score_does_not_depend_on_the_others(setup, calibra
     with Image.open(one) as m1, Image.open(two) as m2:
         assert m1.size == (W, H)  # the image's own size, not the model's 64 x 64
         assert np.array_equal(np.asarray(m1), np.asarray(m2))
+    predict_files(calibrated, [tests[0]], "grass", tmp_path / "all", **kw)  # same folder again
+    assert len(list((tmp_path / "all" / "masks").iterdir())) == 1  # the runs never mix
 
 
 def test_predict_uses_exactly_the_raw_scores_calibration_saw(setup, calibrated):
@@ -262,3 +264,18 @@ def test_pick_device_checks_the_string(monkeypatch):
         with pytest.raises(DeviceError):
             pick_device(text)
     assert pick_device("cpu").type == "cpu"
+
+
+def test_the_readme_python_example_runs(setup, calibrated, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert "Detector.from_checkpoint" in block
+    block = block.replace(
+        "runs/smoke/aaclip/checkpoints/stage2_epoch020.safetensors", str(calibrated)
+    ).replace("data/synthetic/grass/test/blob/000.png", str(setup[3][2]))
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    result = scope["result"]
+    assert result.label in ("normal", "anomalous") and 0 <= result.normalised <= 1
+    assert scope["heat"].shape == scope["mask"].shape == (H, W)
+    assert capsys.readouterr().out.splitlines()[2] == result.label

@@ -33,7 +33,7 @@ def test_calibrated_overlay_is_readable_at_the_images_aspect():
     image = Image.fromarray(np.full((H, W, 3), 120, np.uint8))
     truth = np.zeros((H, W), bool)
     truth[12:18, 22:38] = True
-    fig = figure(image, _result(True), truth=truth)
+    fig = figure(image, _result(True), truth=truth, true_label="anomalous")
     assert isinstance(fig, Figure)
     panels = _panels(fig)
     assert [ax.get_title() for ax in panels] == [
@@ -49,11 +49,12 @@ def test_calibrated_overlay_is_readable_at_the_images_aspect():
     assert len(bar) == 1 and bar[0].get_ylabel() == "normalised anomaly"
     assert len(panels[2].collections) == 2  # predicted and ground-truth contours
     title = fig._suptitle.get_text()
-    assert title == f"a.png (bottle): score {_result(True).normalised:.3f} (raw 0.8) → anomalous"
+    score = _result(True).normalised
+    assert title == f"a.png (bottle): score {score:.3f} (raw 0.8) → anomalous; truth: anomalous"
     png = to_png(fig)
     with Image.open(__import__("io").BytesIO(png)) as im:
         assert im.width > im.height * 2  # three panels side by side
-    assert to_png(figure(image, _result(True), truth=truth)) == png  # same input, same bytes
+    assert to_png(figure(image, _result(True), truth, "anomalous")) == png  # same input, same bytes
 
 
 def test_uncalibrated_overlay_says_so():
