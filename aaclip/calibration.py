@@ -20,29 +20,41 @@ threshold quantile are stable, so the robust half-range is used instead. When it
 (constant normals), the threshold's distance to the smallest normal is used, then a tiny
 positive scale (a step at the threshold).
 
-Pure numpy: no model, no files; `to_dict`/`from_dict` give the JSON form stored with a
-checkpoint.
+The core is pure numpy (no model, no files); `to_dict`/`from_dict` give the JSON form.
+`save_calibration`/`load_calibration` store the calibrations of a checkpoint beside it, as
+`<checkpoint file>.calibration.json`, tied to the checkpoint by the SHA-256 of its bytes: a
+calibration of another checkpoint (retrained, overwritten) is refused, never applied.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
 __all__ = [
+    "SUFFIX",
     "VERSION",
     "Calibration",
+    "CalibrationMismatchError",
     "calibrate",
+    "calibration_path",
     "calibrations_from_dict",
     "calibrations_to_dict",
+    "load_calibration",
     "normalise",
+    "save_calibration",
     "threshold_at_fpr",
 ]
 
 VERSION = 1
+SUFFIX = ".calibration.json"  # appended to the checkpoint's file name
 
 
 def normalise(raw, threshold: float, scale: float):
@@ -236,3 +248,82 @@ def calibrations_from_dict(d: Mapping) -> dict[str, Calibration]:
     if not isinstance(d.get("classes"), Mapping):
         raise ValueError("calibrations: no 'classes' mapping")
     return {k: Calibration.from_dict(v) for k, v in d["classes"].items()}
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class CalibrationMismatchError(ValueError):
+    """A stored calibration belongs to another checkpoint or cannot be read; one line."""
+
+
+def calibration_path(checkpoint: str | os.PathLike) -> Path:
+    """`<checkpoint file>.calibration.json`, beside the checkpoint."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + SUFFIX)
+
+
+def _checkpoint_sha256(checkpoint: Path) -> str:
+    from aaclip import digests
+
+    return digests.cached_digest(checkpoint, "file-sha256", lambda: digests.file_sha256(checkpoint))
+
+
+def save_calibration(
+    checkpoint: str | os.PathLike, calibrations: Mapping[str, Calibration], fpr: float
+) -> Path:
+    """Write the calibrations of `checkpoint` beside it (atomically); returns the file.
+
+    The file holds `version`, `classes` (as `calibrations_to_dict`), `checkpoint` (its file
+    name), `checkpoint_sha256` (of its bytes), `fpr`, `created` (ISO 8601, UTC) and
+    `aaclip_version`. An existing calibration of the checkpoint is replaced.
+    """
+    from aaclip import __version__
+    from aaclip.fileio import atomic_write_text
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if not calibrations:
+        raise ValueError("no calibration to store (no class had normal images)")
+    doc = {
+        **calibrations_to_dict(calibrations),
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": _checkpoint_sha256(checkpoint),
+        "fpr": _check_fpr(fpr),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "aaclip_version": __version__,
+    }
+    path = calibration_path(checkpoint)
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def load_calibration(checkpoint: str | os.PathLike) -> dict[str, Calibration] | None:
+    """The calibrations stored beside `checkpoint`, by class; None when there are none.
+
+    Refuses (CalibrationMismatchError, one line) a file written for another checkpoint
+    (different SHA-256 of the checkpoint's bytes) or one that cannot be read.
+    """
+    checkpoint = Path(checkpoint)
+    path = calibration_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        calibrations = calibrations_from_dict(doc)
+    except (OSError, ValueError, TypeError) as err:
+        raise CalibrationMismatchError(
+            f"{path}: not a readable calibration ({' '.join(str(err).split())}); "
+            f"run `aaclip calibrate --checkpoint {checkpoint} --normal ...` again"
+        ) from None
+    saved, actual = doc.get("checkpoint_sha256"), _checkpoint_sha256(checkpoint)
+    if saved != actual:
+        raise CalibrationMismatchError(
+            f"{path}: calibrated for another checkpoint (sha256 {str(saved)[:12]}, "
+            f"{checkpoint.name} is {actual[:12]}); run `aaclip calibrate --checkpoint "
+            f"{checkpoint} --normal ...` again or remove the file"
+        )
+    return calibrations

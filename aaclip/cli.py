@@ -1,5 +1,5 @@
-"""`aaclip methods | prepare | train | test | predict | export | import-released | bench | grid`:
-thin wrappers."""
+"""`aaclip methods | config | prepare | train | test | calibrate | predict | export |
+import-released | bench | grid`: thin wrappers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from aaclip.config import ExperimentConfig, apply_overrides, preset
@@ -159,17 +160,23 @@ def cmd_test(args: argparse.Namespace) -> int:
         table = table[table["checkpoint"] == best]
     means = table[table["class_name"] == "mean"].drop(columns=["class_name"])
     print(to_markdown(means))
+    for name in dict.fromkeys(table["checkpoint"]):
+        beside = run / "eval" / str(name) / "beside_published.md"
+        if cfg.profile == "paper" and beside.is_file():
+            print(f"beside the published numbers: {beside}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
     if args.model:  # an export: its class text, domain and calibration are fixed
         from aaclip.deploy import predict_model
 
-        if args.description or args.domain:
+        if args.description or args.domain or args.class_name:
             raise ValueError(
-                f"{args.model}: an export's description and domain are fixed; "
-                "drop --description/--domain (or export again)"
+                f"{args.model}: an export's class, description and domain are fixed; "
+                "drop --class-name/--description/--domain (or export again)"
             )
         csv_path = predict_model(
             args.model,
@@ -181,23 +188,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
         return 0
-    from aaclip.predict import predict_files
-
-    if not args.description:
-        raise ValueError("--description is required with --checkpoint (what the images show)")
     if args.runtime:
         raise ValueError("--runtime applies to --model (an export)")
+    from aaclip.predict import predict_files
+
     csv_path = predict_files(
         args.checkpoint,
         args.images,
         args.description,
         args.out,
-        domain=args.domain or "industrial",
+        domain=args.domain,
         weights=args.weights,
         device=args.device,
+        class_name=args.class_name,
+        overlays=not args.no_overlays,
     )
-    print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    print(_predict_table(rows, shown=PREDICT_ROWS))
+    out = csv_path.parent
+    wrote = [str(csv_path)]
+    if not args.no_overlays:
+        wrote.append(f"{len(rows)} overlay{'s' * (len(rows) > 1)} in {out / 'overlays'}")
+    masks = sum(bool(r.get("mask")) for r in rows)
+    if masks:
+        wrote.append(f"{masks} mask{'s' * (masks > 1)} in {out / 'masks'}")
+    print("wrote " + ", ".join(wrote))
     return 0
+
+
+PREDICT_ROWS = 20  # rows printed; every row is in scores.csv
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -214,6 +234,40 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights=args.weights,
     )
     print(f"wrote {manifest.parent} (use it with `aaclip predict --model {manifest.parent}`)")
+    return 0
+
+
+def _predict_table(rows: list[dict], shown: int) -> str:
+    """image, class, raw score, and when calibrated the normalised score and label."""
+    calibrated = any(r.get("score") for r in rows)
+    cols = ["image", "class", "raw_score"] + (["score", "label"] if calibrated else [])
+    if any(r.get("true_label") for r in rows):
+        cols.append("true_label")
+    head = {"raw_score": "raw score", "true_label": "truth"}
+    width = {c: max(len(head.get(c, c)), *(len(r.get(c, "")) for r in rows[:shown])) for c in cols}
+    lines = ["  ".join(f"{head.get(c, c):<{width[c]}}" for c in cols).rstrip()]
+    for r in rows[:shown]:
+        lines.append("  ".join(f"{r.get(c, '') or '–':<{width[c]}}" for c in cols).rstrip())
+    if len(rows) > shown:
+        lines.append(f"… and {len(rows) - shown} more in scores.csv")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from aaclip.calibrate import calibrate_checkpoint, summary_lines
+
+    run = calibrate_checkpoint(
+        args.checkpoint,
+        args.normal,
+        args.anomalous,
+        fpr=args.fpr,
+        class_name=args.class_name,
+        description=args.description,
+        domain=args.domain,
+        device=args.device,
+        weights=args.weights,
+    )
+    print("\n".join(summary_lines(run)))
     return 0
 
 
@@ -330,21 +384,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose the epoch on the test set (optimistic; every table it writes is marked)",
     )
 
-    sp = sub.add_parser("predict", help="heat maps and scores for your own images")
+    def what_images_show(
+        sp: argparse.ArgumentParser, default_domain: str | None, class_help: str
+    ) -> None:
+        which = sp.add_mutually_exclusive_group()
+        which.add_argument("--class-name", help=class_help)
+        which.add_argument("--description", help="what the images show, e.g. 'bottle'")
+        sp.add_argument(
+            "--domain",
+            default=default_domain,
+            choices=["industrial", "medical"],
+            help="scoring rules (default: "
+            + (default_domain or "the calibration's, else industrial")
+            + ")",
+        )
+
+    sp = sub.add_parser(
+        "calibrate",
+        help="thresholds at a false-positive rate from normal images, stored with the checkpoint",
+        description="Score normal images with the checkpoint's raw outputs and store, per "
+        "class, an image and a pixel threshold at --fpr and the normalisation (threshold "
+        "-> 0.5) in <checkpoint>.calibration.json. Anomalous images only add the TPR.",
+    )
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument(
+        "--normal",
+        required=True,
+        metavar="DIR_OR_RECORDS",
+        help="a folder of normal images (one class) or a records .jsonl (its label-0 records)",
+    )
+    sp.add_argument(
+        "--anomalous",
+        metavar="DIR_OR_RECORDS",
+        help="anomalous images (a folder, or the label-1 records of a .jsonl, masks used)",
+    )
+    sp.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate")
+    what_images_show(sp, "industrial", "a folder's class; with records: keep this class only")
+    sp.add_argument("--weights")
+    sp.add_argument("--device")
+
+    sp = sub.add_parser(
+        "predict",
+        help="scores, labels, masks and overlays for your own images",
+        description="Score each image alone. With a calibration beside the checkpoint "
+        "(`aaclip calibrate`): raw score, normalised score (threshold 0.5), label and mask; "
+        "without: raw scores only.",
+    )
     source = sp.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint")
     source.add_argument("--model", metavar="DIR", help="an `aaclip export` folder instead")
-    sp.add_argument("--description", help="what the images show, e.g. 'bottle' (--checkpoint)")
-    sp.add_argument(
-        "--domain", choices=["industrial", "medical"], help="default industrial (--checkpoint)"
-    )
+    what_images_show(sp, None, "the images' class: a calibrated class, or a name for the prompts")
     sp.add_argument(
         "--runtime", choices=["torch", "onnx"], help="--model: default onnx if it has one"
     )
-    sp.add_argument("--out", default="predictions")
-    sp.add_argument("--weights", help="backbone weights (--model: for --backbone reference)")
+    sp.add_argument("--out", default="predictions", help="output folder (never read as input)")
+    sp.add_argument("--no-overlays", action="store_true", help="scores (and masks) only")
+    sp.add_argument("--weights")
     sp.add_argument("--device")
-    sp.add_argument("images", nargs="+", help="image files and/or folders")
+    sp.add_argument(
+        "images", nargs="+", help="image files, folders and/or records files (.jsonl: ground truth)"
+    )
 
     sp = sub.add_parser(
         "export", help="one class of a checkpoint as a self-contained folder (+ ONNX)"
@@ -383,16 +482,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="results/bench")
     sp.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     sp.add_argument("--no-train", action="store_true", help="time inference only")
+    sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
+    sp.add_argument("--metrics-n", type=int, default=1725, help="maps of 518² for the metrics")
     sp.add_argument(
         "--onnx", action="store_true", help="also inference exported to ONNX, onnxruntime CPU"
     )
-    sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
-    sp.add_argument("--metrics-n", type=int, default=1725, help="maps of 518² for the metrics")
 
     from aaclip.grid import add_arguments
 
     add_arguments(sub.add_parser("grid", help="methods × protocols × shots × seeds as jobs"))
     return p
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, `aaclip: warning: ...` (not Python's file:line + source line)."""
+    text = " ".join(str(message).split())
+    print(f"aaclip: warning: {text}", file=file if file is not None else sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,21 +514,24 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "test": cmd_test,
         "predict": cmd_predict,
+        "export": cmd_export,
+        "calibrate": cmd_calibrate,
         "bench": cmd_bench,
         "import-released": cmd_import,
         "grid": cmd_grid,
-        "export": cmd_export,
     }
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:
-        if getattr(args, "device", None):  # one line now, not a CUDA traceback later
-            from aaclip.devices import parse_device
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            if getattr(args, "device", None):  # one line now, not a CUDA traceback later
+                from aaclip.devices import parse_device
 
-            parse_device(args.device)
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            if args.command == "prepare":
-                return cmd_prepare(args, rest)
-            return handlers[args.command](args)
+                parse_device(args.device)
+            with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+                if args.command == "prepare":
+                    return cmd_prepare(args, rest)
+                return handlers[args.command](args)
     except _user_errors() as err:
         if os.environ.get("AACLIP_DEBUG"):  # developers: the full traceback
             raise

@@ -28,7 +28,14 @@ from aaclip.backbone import build_backbone
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write_text
 from aaclip.methods import Method, Prediction, create_method, method_class
-from aaclip.results import write_table
+from aaclip.results import (
+    beside_published,
+    deviations,
+    long_means,
+    published_name,
+    shots_label,
+    write_table,
+)
 from aaclip.runtime import device_name, pick_device
 
 METRIC_COLUMNS = [
@@ -299,18 +306,40 @@ def evaluate(
             df.insert(0, "checkpoint", name)
             tables.append(df)
             stem = out_dir / name / str(dataset)
-            note = _profile_note(cfg, selected_on_test)
+            differs = deviations(cfg, selected_on_test=selected_on_test, checkpoint=name)
+            note = _profile_note(cfg, selected_on_test, differs)
             write_table(df, stem / "metrics", note=note)
             record = run_record(cfg, methods[name], str(dataset), len(records), dev, wall, name)
             record["per_class"] = json.loads(df.to_json(orient="records"))
             record["selected_on_test"] = selected_on_test
+            record["deviations_from_paper"] = differs
             if ctx.world > 1:
                 record["processes"] = ctx.world
             atomic_write_text(stem / "run.json", json.dumps(record, indent=2, default=str))
-    return ctx.broadcast(pd.concat(tables, ignore_index=True) if ctx.is_main else None)
+    table = pd.concat(tables, ignore_index=True) if ctx.is_main else None
+    if table is not None and cfg.profile == "paper":
+        write_beside_published(cfg, table, out_dir, selected_on_test)
+    return ctx.broadcast(table)
 
 
-def _profile_note(cfg: ExperimentConfig, selected_on_test: bool) -> str:
+def write_beside_published(
+    cfg: ExperimentConfig, table: pd.DataFrame, out_dir: str | Path, selected_on_test: bool = False
+) -> list[Path]:
+    """`<out_dir>/<checkpoint>/beside_published.{csv,md}`: the mean of each target it ran
+    beside the published number (`results.beside_published`), with the deviations noted."""
+    written = []
+    for name, part in table.groupby("checkpoint", sort=False):
+        measured = long_means(part, published_name(cfg.method), cfg.data.train_dataset,
+                              shots_label(cfg))  # fmt: skip
+        beside = beside_published(measured)
+        differs = deviations(cfg, selected_on_test=selected_on_test, checkpoint=str(name))
+        stem = Path(out_dir) / str(name) / "beside_published"
+        write_table(beside, stem, note=_profile_note(cfg, selected_on_test, differs))
+        written.append(stem.with_suffix(".md"))
+    return written
+
+
+def _profile_note(cfg: ExperimentConfig, selected_on_test: bool, differs=()) -> str:
     notes = []
     if cfg.profile == "smoke":
         notes.append(
@@ -319,4 +348,6 @@ def _profile_note(cfg: ExperimentConfig, selected_on_test: bool) -> str:
         )
     if selected_on_test:
         notes.append("CHECKPOINT SELECTED ON THE TEST SET: optimistic, not a fair estimate.")
+    if differs:
+        notes.append(f"Differs from the paper's settings: {'; '.join(differs)}.")
     return " ".join(notes)

@@ -1,28 +1,56 @@
-"""Apply a trained checkpoint (any method) to a user's own images: heat-map overlays + a CSV."""
+"""Apply a trained checkpoint (any method) to a user's own images, one image at a time.
+
+`Detector` is the public entry point (the CLI's `predict` and `calibrate` use it too):
+
+    det = Detector.from_checkpoint("model.safetensors")          # + its calibration, if any
+    r = det.predict(Image.open("photo.png"), description="bottle")
+    r.score, r.normalised, r.label, r.map, r.mask                # raw, calibrated, ...
+
+Every image is scored alone (a batch of one): its raw score and map never depend on the
+other images of a call (the released V-V attention even mixes the images of a batch). Raw
+values are the method's own outputs before any per-class normalisation: the image score is
+`Prediction.scores` (industrial) or the peak of the raw map (medical, the domain's image rule),
+the map is `Prediction.maps` resized to the image's own size. With a calibration stored beside
+the checkpoint (`aaclip calibrate`, `aaclip.calibration`) each image also gets a normalised
+score (threshold at 0.5), a label and a binary mask; without one, raw values only.
+`aaclip test` keeps the released per-class test-set normalisation for the paper tables.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib import colormaps
+import torch.nn.functional as F
 from PIL import Image
 
 from aaclip import checkpoints as ck
-from aaclip import data, scoring
-from aaclip.calibration import Calibration
+from aaclip import data
+from aaclip.calibration import Calibration, load_calibration
 from aaclip.config import ExperimentConfig
-from aaclip.evaluate import load_methods
-from aaclip.fileio import atomic_write_text
-from aaclip.methods import InputSpec, Prediction
+from aaclip.fileio import atomic_write, atomic_write_text
+from aaclip.methods import ClassContext, Method, Prediction
 from aaclip.runtime import pick_device
 from aaclip.transforms import image_to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+RECORDS_SUFFIX = ".jsonl"
+DOMAINS = ("industrial", "medical")
+
+__all__ = [
+    "Detector",
+    "Result",
+    "Target",
+    "collect_images",
+    "predict_files",
+    "raw_image_scores",
+]
 
 
 def collect_images(
@@ -95,115 +123,361 @@ def _note(message: str) -> None:
     print(f"aaclip: note: {message}", file=sys.stderr)
 
 
-def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The image with a jet-coloured heat map (values in [0, 1]) blended on top."""
-    base = np.asarray(image.convert("RGB").resize(heat.shape[::-1], Image.BICUBIC), np.float32)
-    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255
-    return Image.fromarray((alpha * base + (1 - alpha) * colour).astype(np.uint8))
+def raw_image_scores(pred: Prediction, domain: str) -> torch.Tensor:
+    """Raw image scores (B,), no normalisation: the method's score, or for `medical` the peak
+    of the raw map (the medical rule scores an image by its map alone)."""
+    if domain == "medical":
+        return pred.maps.flatten(1).max(dim=1).values
+    return pred.scores
 
 
-@torch.no_grad()
+def resize_map(raw_map: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (S, S) map resized bilinearly to an image's own (width, height): (H, W) float32.
+
+    The model saw the image squashed to S x S (no crop), so this restores its aspect.
+    """
+    t = torch.as_tensor(np.asarray(raw_map, dtype=np.float32) if not torch.is_tensor(raw_map)
+                        else raw_map.float().cpu())  # fmt: skip
+    w, h = size
+    if tuple(t.shape) == (h, w):
+        return t.numpy().astype(np.float32, copy=True)
+    out = F.interpolate(t[None, None], size=(h, w), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the images show: the calibration key, the text of the prompts, the domain."""
+
+    key: str  # the class name (calibration key)
+    class_name: str
+    description: str | None  # replaces the class's own text when given
+    domain: str
+    calibration: Calibration | None
+
+
+@dataclass
+class Result:
+    """One image scored alone.
+
+    `score` and `map` are raw (the method's outputs, no normalisation; `map` at the image's
+    own size, (H, W)). With a calibration: `normalised` in [0, 1] (the image threshold is
+    0.5), `label` ("anomalous" when `normalised > 0.5`, else "normal"), `mask` (H, W) bool
+    (raw map above the pixel threshold) and `normalised_map`; without one these are None.
+    """
+
+    image: str
+    class_name: str
+    size: tuple[int, int]  # (width, height)
+    score: float
+    map: np.ndarray
+    normalised: float | None = None
+    label: str | None = None
+    mask: np.ndarray | None = None
+    normalised_map: np.ndarray | None = None
+    calibration: Calibration | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    @property
+    def anomalous(self) -> bool | None:
+        return None if self.label is None else self.label == "anomalous"
+
+
+class Detector:
+    """A checkpoint's method on one device, with the checkpoint's calibration when it has one.
+
+    `predict(image)` scores one image alone; `raw(image, target)` gives the raw (score, map at
+    the model's input size) that `aaclip calibrate` calibrates on.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        checkpoint: str | Path | None = None,
+        calibrations: dict[str, Calibration] | None = None,
+    ) -> None:
+        self.method = method.eval()
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.calibrations = calibrations
+        self.spec = method.input_spec()
+        self._contexts: dict[tuple, ClassContext] = {}
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        weights: str | None = None,
+        calibration: bool = True,
+    ) -> Detector:
+        """Load a checkpoint (any method) and, with `calibration`, its stored calibration."""
+        from aaclip.evaluate import load_methods
+
+        meta = ck.read_meta(checkpoint)  # one line when the file is not a checkpoint
+        if "config" not in meta:
+            raise ck.CheckpointMismatchError(
+                f"{checkpoint}: no aaclip metadata; not our checkpoint"
+            )
+        cfg = ExperimentConfig.from_dict(meta["config"])
+        if weights is not None:
+            cfg.backbone.weights = weights
+        method = next(iter(load_methods(cfg, [checkpoint], pick_device(device)).values()))
+        calibrations = load_calibration(checkpoint) if calibration else None
+        return cls(method, checkpoint, calibrations)
+
+    @property
+    def device(self) -> torch.device:
+        return self.method.device
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    # ------------------------------------------------------------------ what the images show
+    def target(
+        self,
+        class_name: str | None = None,
+        description: str | None = None,
+        domain: str | None = None,
+    ) -> Target:
+        """The class of the images: by `class_name` (its own text, e.g. a records class) or by
+        `description` (the text of the prompts, also its calibration key). With neither, the
+        single calibrated class. `domain` defaults to the calibration's, else industrial."""
+        if domain is not None and domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
+        cals = self.calibrations or {}
+        key = class_name or description
+        if key is None:
+            if len(cals) != 1:
+                known = f" (calibrated: {', '.join(sorted(cals))})" if cals else ""
+                raise ValueError(
+                    "say what the images show: --class-name NAME or --description TEXT" + known
+                )
+            key = next(iter(cals))
+        cal = cals.get(key)
+        stored = cal.extra if cal is not None else {}
+        if cal is not None:  # the calibration holds for the text it was made with
+            class_name, description = stored.get("class_name", key), stored.get("description")
+        stored_domain = stored.get("domain")
+        if domain is not None and stored_domain is not None and domain != stored_domain:
+            raise ValueError(
+                f"class {key!r} was calibrated with --domain {stored_domain}, not {domain}: "
+                "pass the same domain, or calibrate again"
+            )
+        domain = domain or stored_domain or "industrial"
+        return Target(key, class_name or key, description, domain, cal)
+
+    def context(self, target: Target) -> ClassContext:
+        """The method's per-class context (text anchors ...), built once per target."""
+        k = (target.class_name, target.description, target.domain)
+        if k not in self._contexts:
+            self._contexts[k] = self.method.prepare_class(
+                target.class_name, None, target.domain, description=target.description
+            )
+        return self._contexts[k]
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def raw(self, image: Image.Image, target: Target) -> tuple[float, torch.Tensor]:
+        """Raw image score and raw map (S, S) at the model's input size, on the CPU."""
+        x = image_to_tensor(image, self.spec.image_size, self.spec.mean, self.spec.std)
+        pred = self.method.predict(x[None].to(self.device), self.context(target))
+        pred = pred.to(torch.device("cpu"))
+        return float(raw_image_scores(pred, target.domain)[0]), pred.maps[0].float()
+
+    def predict(
+        self,
+        image: Image.Image | str | Path,
+        *,
+        class_name: str | None = None,
+        description: str | None = None,
+        domain: str | None = None,
+        target: Target | None = None,
+    ) -> Result:
+        """Score one image (a PIL image or a file): raw score and map, and with a calibration
+        of its class the normalised score, label and mask. See `target` for the class."""
+        name = str(image) if isinstance(image, str | Path) else "<image>"
+        if isinstance(image, str | Path):
+            image = data.load_image(image)
+        image = _rgb(image)
+        target = target or self.target(class_name, description, domain)
+        score, small = self.raw(image, target)
+        full = resize_map(small, image.size)
+        result = Result(name, target.key, image.size, score, full)
+        cal = target.calibration
+        if cal is not None:
+            result.calibration = cal
+            result.normalised = float(cal.normalise_score(score))
+            result.label = "anomalous" if cal.label(score) else "normal"
+            result.mask = cal.mask(full)
+            result.normalised_map = cal.normalise_map(full).astype(np.float32)
+        return result
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, as `data.load_image` reads files (16-bit and float modes rescaled)."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = Image.fromarray(data._to_uint8(np.asarray(image), image.mode))
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+# --------------------------------------------------------------------------- predict_files
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    class_name: str | None = None  # from records
+    mask_path: Path | None = None  # ground truth, from records
+    label: int | None = None  # ground truth, from records
+
+
+def _inputs(
+    inputs: Sequence[str | Path], out_dir: Path, report: Callable[[str], None]
+) -> list[_Item]:
+    """Images of folders/files, and the records of `.jsonl` files (class and ground truth)."""
+    items: list[_Item] = []
+    plain: list[str | Path] = []
+
+    def flush() -> None:  # never re-read our own overlays
+        if plain:
+            items.extend(_Item(p) for p in collect_images(plain, exclude=[out_dir], report=report))
+            plain.clear()
+
+    for path in map(Path, inputs):
+        if not str(path).endswith(RECORDS_SUFFIX):
+            plain.append(path)
+            continue
+        flush()
+        root = path.parent
+        for r in data.load_records(path, require_masks=False):
+            mask = root / r.mask_path if r.mask_path else None
+            items.append(_Item(root / r.image_path, r.class_name, mask, r.label))
+    flush()
+    return items
+
+
+def _truth(item: _Item, size: tuple[int, int]) -> np.ndarray | None:
+    if item.label is None:
+        return None
+    if item.mask_path is None:
+        return np.zeros(size[::-1], bool)
+    mask = data._open(item.mask_path, "mask")
+    a = np.asarray(mask.convert("L")) > 0
+    if a.shape != size[::-1]:
+        a = np.asarray(Image.fromarray(a).resize(size, Image.Resampling.NEAREST))
+    return a
+
+
 def predict_files(
     checkpoint: str | Path,
     inputs: list[str | Path],
-    description: str,
-    out_dir: str | Path,
-    domain: str = "industrial",
+    description: str | None = None,
+    out_dir: str | Path = "predictions",
+    domain: str | None = None,
     weights: str | None = None,
     device: str | None = None,
-    batch_size: int = 8,
-    calibration: Calibration | None = None,
+    class_name: str | None = None,
+    report: Callable[[str], None] | None = None,
+    overlays: bool = True,
 ) -> Path:
-    """Score images with a checkpoint; write `overlays/*.png` and `scores.csv`; return the CSV.
+    """Score images one by one; write `scores.csv`, `overlays/*.png` and, when calibrated,
+    `masks/*.png` (binary, at each image's own size); return the CSV.
 
-    Maps and scores are min-max normalised over the images given (the protocol's per-class
-    rule), so pass all images of one kind together. With a single image only raw values exist.
-    With a `calibration` of the class, each image also gets its calibrated score, its label
-    and a binary mask (`masks/*.png`), which depend on that image alone.
+    Inputs are image files, folders and records files (`.jsonl`: each image is scored as its
+    record's class, and the overlay shows the ground-truth mask). An image's row is the same
+    whatever other images share the call.
     """
-    meta = ck.read_meta(checkpoint)
-    if "config" not in meta:
-        raise ck.CheckpointMismatchError(f"{checkpoint}: no aaclip metadata; not our checkpoint")
-    cfg = ExperimentConfig.from_dict(meta["config"])
-    if weights is not None:
-        cfg.backbone.weights = weights
-    dev = pick_device(device)
-    method = next(iter(load_methods(cfg, [checkpoint], dev).values()))
-    ctx = method.prepare_class(description, None, domain, description=description)
-    files = collect_images(inputs, exclude=[out_dir])  # never re-read our own overlays
-    raw = score_files(lambda x: method.predict(x, ctx), files, method.input_spec(), dev, batch_size)
-    norm_maps, scores = method.class_scores(raw, ctx)
-    return write_predictions(files, raw, norm_maps, scores, out_dir, calibration)
+    from aaclip import overlays as ov
 
-
-@torch.no_grad()
-def score_files(
-    predict: Callable[[torch.Tensor], Prediction],
-    files: list[Path],
-    spec: InputSpec,
-    device: torch.device,
-    batch_size: int = 8,
-) -> Prediction:
-    """Raw outputs (on the CPU) of `predict` on the images, read and preprocessed by `spec`,
-    in batches."""
-    parts = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i : i + batch_size]
-        images = torch.stack(
-            [
-                image_to_tensor(data.load_image(p), spec.image_size, spec.mean, spec.std)
-                for p in chunk
-            ]
-        ).to(device)
-        parts.append(predict(images).to(torch.device("cpu")))
-    return Prediction.cat(parts)
-
-
-def write_predictions(
-    files: list[Path],
-    raw: Prediction,
-    norm_maps: torch.Tensor,
-    scores: torch.Tensor,
-    out_dir: str | Path,
-    calibration: Calibration | None = None,
-) -> Path:
-    """`overlays/*.png` and `scores.csv` (plus `masks/*.png` with a calibration); the CSV."""
-    raw_maps, raw_probs = raw.maps, raw.scores
-    single = len(files) == 1
-    if single:  # nothing to normalise against: show the map on its own range, keep raw values
-        norm_maps = scoring.minmax(raw_maps)
+    report = report or _note
     out_dir = Path(out_dir)
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    if calibration is not None:
-        (out_dir / "masks").mkdir(exist_ok=True)
+    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
+    items = _inputs(inputs, out_dir, report)
+    _remove_previous(out_dir)
+    targets: dict[str | None, Target] = {}
+    for cls in dict.fromkeys(i.class_name for i in items):
+        own = cls is not None and class_name is None and description is None
+        targets[cls] = (
+            det.target(cls, None, domain) if own else det.target(class_name, description, domain)
+        )
+    _report_uncalibrated(det, list(targets.values()), report)
     rows = []
-    for k, path in enumerate(files):
-        name = f"{k:04d}_{path.stem}.png"
-        overlay(data.load_image(path), norm_maps[k].numpy()).save(out_dir / "overlays" / name)
+    for k, item in enumerate(items):
+        image = data.load_image(item.path)
+        result = det.predict(image, target=targets[item.class_name])
+        result.image = str(item.path)
+        name = f"{k:04d}_{item.path.stem}.png"
         row = {
-            "image": str(path),
-            "score": "" if single else f"{scores[k].item():.6f}",
-            "raw_image_probability": f"{raw_probs[k].item():.6f}",
-            "raw_map_max": f"{raw_maps[k].max().item():.6f}",
-            "overlay": f"overlays/{name}",
+            "image": str(item.path),
+            "class": result.class_name,
+            "raw_score": f"{result.score:.6g}",
+            "score": "" if result.normalised is None else f"{result.normalised:.4f}",
+            "label": result.label or "",
         }
-        if calibration is not None:
-            mask = calibration.mask(raw_maps[k].numpy())
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / "masks" / name)
-            row["calibrated_score"] = f"{calibration.normalise_score(raw_probs[k].item()):.6f}"
-            row["label"] = "anomalous" if calibration.label(raw_probs[k].item()) else "normal"
+        if item.label is not None:
+            row["true_label"] = "anomalous" if item.label else "normal"
+        if result.mask is not None:
+            atomic_write(out_dir / "masks" / name, _png(result.mask))
             row["mask"] = f"masks/{name}"
+        if overlays:
+            fig = ov.figure(image, result, _truth(item, result.size), row.get("true_label"))
+            ov.save(fig, out_dir / "overlays" / name)
+            row["overlay"] = f"overlays/{name}"
         rows.append(row)
     csv_path = out_dir / "scores.csv"
     atomic_write_text(csv_path, _csv(rows))
     return csv_path
 
 
-def _csv(rows: list[dict]) -> str:
-    import io
+def _remove_previous(out_dir: Path) -> None:
+    """Remove the masks and overlays a previous run listed in `out_dir/scores.csv`, so the
+    folder never mixes two runs (files the CSV does not list are left alone)."""
+    old = out_dir / "scores.csv"
+    if not old.is_file():
+        return
+    try:
+        with open(old, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return
+    for row in rows:
+        for key, folder in (("mask", "masks"), ("overlay", "overlays")):
+            name = Path(row.get(key) or "")
+            if name.parent == Path(folder) and name.suffix == ".png":
+                (out_dir / name).unlink(missing_ok=True)
 
+
+def _report_uncalibrated(det: Detector, targets: list[Target], report) -> None:
+    missing = [t.key for t in targets if t.calibration is None]
+    if not missing:
+        return
+    name = det.checkpoint.name if det.checkpoint else "this model"
+    how = f"`aaclip calibrate --checkpoint {det.checkpoint} --normal NORMAL_IMAGES`"
+    if not det.calibrations:
+        report(f"no calibration exists for {name} ({how} makes one): raw scores only, no label")
+    else:
+        report(
+            f"no calibration for class{'es' * (len(missing) > 1)} "
+            f"{', '.join(repr(m) for m in missing)} of {name} (calibrated: "
+            f"{', '.join(sorted(det.calibrations))}): raw scores only, no label"
+        )
+
+
+def _png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _csv(rows: list[dict]) -> str:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

@@ -98,3 +98,116 @@ def mean_std_table(
     )
     order = stats[keys].drop_duplicates()  # rows in first-seen order too
     return order.merge(wide.reset_index(), on=keys, how="left").rename_axis(columns=None)
+
+
+# --------------------------------------------------------------------------- paper settings
+
+# registry name -> the method's name in published_results.csv
+PUBLISHED_NAMES = {
+    "aaclip": "AA-CLIP",
+    "clip": "CLIP",
+    "dpclip": "DP-CLIP",
+    "iqeclip": "IQE-CLIP",
+    "mvfa": "MVFA-AD",
+    "anomalyclip": "AnomalyCLIP",
+}
+
+
+def published_name(method: str) -> str:
+    """The name a method has in `published_results.csv` (its class's `published_name`, else
+    the table above, else the registry name)."""
+    try:
+        from aaclip.methods import method_class
+
+        own = getattr(method_class(method), "published_name", None)
+    except Exception:  # an unregistered name: the table or the name itself
+        own = None
+    return own or PUBLISHED_NAMES.get(method, method)
+
+
+def shots_label(cfg) -> str:
+    """'full' or the k of k-shot training, as in published_results.csv."""
+    return "full" if cfg.train.shots is None else str(cfg.train.shots)
+
+
+def _shots(shots: int | None) -> str:
+    return "full-shot" if shots is None else f"{shots}-shot"
+
+
+def deviations(cfg, *, selected_on_test: bool = False, checkpoint: str | None = None) -> list[str]:
+    """Where a config's settings differ from its method's paper preset, one phrase each:
+    backbone, image size, epochs per stage, shots, training set, targets (a subset, or
+    others), checkpoint selection, evaluation batch and model switches. [] for the paper's
+    own settings. `checkpoint`: the scored file's stem (e.g. `stage2_epoch010`)."""
+    import dataclasses
+    import re
+
+    from aaclip.config import preset
+    from aaclip.runs import stage_epochs
+
+    try:
+        paper = preset("paper", cfg.method)
+    except ValueError:
+        return [f"{cfg.method} has no paper preset to compare with"]
+    out: list[str] = []
+    b, pb = cfg.backbone, paper.backbone
+    if b.name != pb.name:
+        out.append(f"backbone {b.name} (paper {pb.name})")
+    if b.image_size != pb.image_size:
+        out.append(f"image size {b.image_size} px (paper {pb.image_size})")
+    for key in ("quick_gelu", "precision"):
+        if getattr(b, key) != getattr(pb, key):
+            out.append(f"backbone.{key}={getattr(b, key)} (paper {getattr(pb, key)})")
+    ours, theirs = stage_epochs(cfg), stage_epochs(paper)
+    for (name, e), (_, pe) in zip(ours, theirs, strict=False):
+        if e != pe:
+            out.append(f"stage {name}: {e} epochs (paper {pe})")
+    if cfg.train.shots != paper.train.shots:
+        out.append(f"{_shots(cfg.train.shots)} training (paper {_shots(paper.train.shots)})")
+    if cfg.data.train_dataset != paper.data.train_dataset:
+        out.append(f"trained on {cfg.data.train_dataset} (paper {paper.data.train_dataset})")
+    targets, paper_targets = list(cfg.data.test_datasets), list(paper.data.test_datasets)
+    missing = [t for t in paper_targets if t not in targets]
+    others = [t for t in targets if t not in paper_targets]
+    if missing and len(missing) < len(paper_targets):
+        out.append(
+            f"{len(paper_targets) - len(missing)} of the paper's {len(paper_targets)} targets "
+            f"(without {', '.join(missing)})"
+        )
+    elif missing:
+        out.append(f"none of the paper's {len(paper_targets)} targets")
+    if others:
+        out.append(f"targets outside the paper: {', '.join(others)}")
+    if selected_on_test:
+        out.append("checkpoint selected on the test set (optimistic)")
+    elif ours and any(e for _, e in ours):
+        expected = None
+        last = [(i, e) for i, (_, e) in enumerate(theirs, start=1) if e > 0]
+        if last:
+            stage, epochs = last[-1]
+            expected = f"stage{stage}_epoch{(paper.eval.epoch or epochs):03d}"
+        match = re.fullmatch(r"stage\d+_epoch\d+", checkpoint or "")
+        if match and expected and checkpoint != expected:
+            out.append(f"checkpoint {checkpoint} (paper {expected})")
+        elif not match and cfg.eval.epoch != paper.eval.epoch:
+            out.append(f"eval.epoch={cfg.eval.epoch} (paper {paper.eval.epoch or 'the last'})")
+    if cfg.eval.batch_size != paper.eval.batch_size:
+        out.append(f"evaluation batch {cfg.eval.batch_size} (paper {paper.eval.batch_size})")
+    if type(cfg.model) is type(paper.model):
+        for f in dataclasses.fields(cfg.model):
+            if "epochs" in f.name:  # stated per stage above
+                continue
+            v, pv = getattr(cfg.model, f.name), getattr(paper.model, f.name)
+            if v != pv:
+                out.append(f"model.{f.name}={_plain(v)} (paper {_plain(pv)})")
+    return out
+
+
+def _plain(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+
+def deviations_note(cfg, **kwargs) -> str:
+    """One sentence for tables: 'Differs from the paper's settings: a; b.' ('' if none)."""
+    found = deviations(cfg, **kwargs)
+    return f"Differs from the paper's settings: {'; '.join(found)}." if found else ""

@@ -18,12 +18,16 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when available, else CPU."""
+    """The given device, else CUDA when available, else CPU.
+
+    A string is checked by `aaclip.devices.parse_device`: a device this machine lacks, or an
+    unknown name, is a one-line `DeviceError` now, not a CUDA traceback at the first tensor.
+    """
     if isinstance(device, torch.device):
         return device
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from aaclip.devices import parse_device
+
+    return parse_device(device)
 
 
 def autocast(device: torch.device, precision: str):

@@ -144,3 +144,47 @@ def test_bad_inputs_are_one_line(kwargs, match):
     args = {"normal_scores": [1.0, 2.0], "normal_maps": np.zeros((2, 2, 2)), **kwargs}
     with pytest.raises(ValueError, match=match):
         calibrate(**args)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def test_stored_beside_the_checkpoint_and_read_back(tmp_path):
+    from aaclip import __version__
+    from aaclip.calibration import calibration_path, load_calibration, save_calibration
+    from aaclip.digests import file_sha256
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights v1")
+    assert load_calibration(checkpoint) is None  # none yet: raw scores only
+    scores, maps = known_sample()
+    cals = {"bottle": calibrate(scores, maps, class_name="bottle", extra={"domain": "industrial"})}
+    path = save_calibration(checkpoint, cals, 0.01)
+    assert path == calibration_path(checkpoint) == tmp_path / "model.safetensors.calibration.json"
+    doc = json.loads(path.read_text())
+    assert doc["checkpoint_sha256"] == file_sha256(checkpoint)
+    assert doc["fpr"] == 0.01 and doc["aaclip_version"] == __version__
+    assert doc["created"].endswith("+00:00") and doc["checkpoint"] == "model.safetensors"
+    assert load_calibration(checkpoint) == cals
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_a_calibration_of_another_checkpoint_is_refused_in_one_line(tmp_path):
+    from aaclip.calibration import (
+        CalibrationMismatchError,
+        calibration_path,
+        load_calibration,
+        save_calibration,
+    )
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights v1")
+    scores, maps = known_sample()
+    save_calibration(checkpoint, {"bottle": calibrate(scores, maps)}, 0.01)
+    checkpoint.write_bytes(b"weights v2, retrained")  # same name, other content
+    with pytest.raises(CalibrationMismatchError, match="calibrated for another checkpoint") as e:
+        load_calibration(checkpoint)
+    assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    calibration_path(checkpoint).write_text("{not json")
+    with pytest.raises(CalibrationMismatchError, match="not a readable calibration"):
+        load_calibration(checkpoint)

@@ -152,12 +152,13 @@ def test_predict_folder_and_single_image(trained, tmp_path, synthetic_root):
     folder = synthetic_root / "grass" / "test"
     csv_path = predict_files(ckpt, [folder], "grass", tmp_path / "many")
     table = pd.read_csv(csv_path)
-    assert len(table) == 48 and table.score.between(0, 1).all()
+    assert len(table) == 48 and table.raw_score.between(0, 1).all()
+    assert table.score.isna().all() and table.label.isna().all()  # not calibrated: raw only
     assert (tmp_path / "many" / table.overlay[0]).is_file()
     one = next(folder.rglob("*.png"))
     single = pd.read_csv(predict_files(ckpt, [one], "grass", tmp_path / "one"))
     assert len(single) == 1 and single.score.isna().all()
-    assert single.raw_image_probability.between(0, 1).all()
+    assert single.raw_score.tolist() == table[table.image == str(one)].raw_score.tolist()
 
 
 def test_predict_cli_missing_image_exit_2(trained, tmp_path):
