@@ -331,6 +331,20 @@ def released_layout(blob: object) -> str | None:
     return "aaclip" if "text_adapter" in blob else None
 
 
+def refuse_for_aaclip(path: str | Path | None) -> None:
+    """Refuse, by name, a DP-CLIP file given to AA-CLIP's importer."""
+    from aaclip.checkpoints import CheckpointMismatchError
+
+    if path is not None and released_layout(_read(path)) == "dpclip":
+        raise CheckpointMismatchError(
+            f"{path}: a DP-CLIP adapter file (GRN weights), not AA-CLIP; use --method dpclip"
+        )
+
+
+def _read(path: str | Path) -> object:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_released(model: DPClip, image_path: str | Path) -> None:
     """Import the authors' `image_adapter[_N].pth` (`{"epoch", "image_adapter",
     "image_optimizer"}`) into a DPClip model; a file that does not fit is refused in one line.
@@ -341,7 +355,7 @@ def load_released(model: DPClip, image_path: str | Path) -> None:
     """
     from aaclip.checkpoints import CheckpointMismatchError
 
-    blob = torch.load(image_path, map_location="cpu", weights_only=True)
+    blob = _read(image_path)
     layout = released_layout(blob)
     if layout == "aaclip":
         raise CheckpointMismatchError(
