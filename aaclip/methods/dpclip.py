@@ -109,7 +109,7 @@ def _smoke(data_root: str = "data/synthetic") -> C.ExperimentConfig:
         method="dpclip",
         profile="smoke",
         backbone=C.smoke_backbone(),
-        model=DPClipConfig(class_descriptions="plain", epochs=12, batch_size=4, lr=5e-3),
+        model=DPClipConfig(class_descriptions="plain", epochs=2, batch_size=4, lr=3e-3),
         eval=C.EvalConfig(batch_size=32),
         data=C.smoke_data(data_root),
     )
