@@ -273,19 +273,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from aaclip import checkpoints as ck
-    from aaclip.methods import create_method
-    from aaclip.methods.aaclip import load_released
+    from aaclip.methods import aaclip, create_method, dpclip
 
     cfg = _config(args)
-    if cfg.method != "aaclip":
+    if cfg.method not in ("aaclip", "dpclip"):
         raise ValueError(
-            f"import-released reads AA-CLIP files; --method {cfg.method} has no importer"
+            f"import-released reads AA-CLIP and DP-CLIP files; --method {cfg.method} has no "
+            "importer"
         )
     model = create_method(cfg, "cpu")
-    load_released(model, args.text, args.image)
+    if cfg.method == "dpclip":
+        if args.text or not args.image:
+            raise ValueError("DP-CLIP has no text stage: pass its image_adapter_N.pth as --image")
+        dpclip.load_released(model, args.image)
+    else:
+        dpclip.refuse_for_aaclip(args.image)
+        aaclip.load_released(model, args.text, args.image)
     meta = {
         "method": model.name,
-        "stage": 2 if args.image else 1,
+        "stage": len(model.stages()) if args.image else 1,
         "epoch": None,
         "imported_from": [str(p) for p in (args.text, args.image) if p],
         "backbone": model.backbone.identity,

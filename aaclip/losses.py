@@ -42,3 +42,36 @@ def segmentation_loss(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def disentangle_loss(anchors: torch.Tensor) -> torch.Tensor:
     """(mean over the batch of <t_normal, t_abnormal>)^2 for anchors (B, E, 2)."""
     return (anchors[:, :, 0] * anchors[:, :, 1]).sum(1).mean() ** 2
+
+
+def token_prototypes(
+    features: torch.Tensor, abnormal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Unit means of the anomalous and of the normal tokens of a batch, pooled over its images.
+
+    features (B, L, E); abnormal (B, L) bool. Every token weighs the same (a large defect
+    weighs more than a small one). None when either set is empty (no decoupling term).
+    """
+    a, n = features[abnormal], features[~abnormal]
+    if a.shape[0] == 0 or n.shape[0] == 0:
+        return None
+    return (
+        torch.nn.functional.normalize(a.mean(0), dim=0),
+        torch.nn.functional.normalize(n.mean(0), dim=0),
+    )
+
+
+def decoupling_loss(
+    abnormal: torch.Tensor,
+    normal: torch.Tensor,
+    proto_abnormal: torch.Tensor | None = None,
+    proto_normal: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DP-CLIP's decoupling of unit batch means a, n (E,) from each other.
+
+    Without prototypes (the first batch that has anomalous tokens): (a . n)^2. With momentum
+    prototypes P_a, P_n: ((a . P_n)^2 + (n . P_a)^2) / 2, the prototypes held constant.
+    """
+    if proto_abnormal is None or proto_normal is None:
+        return torch.dot(abnormal, normal) ** 2
+    return (torch.dot(abnormal, proto_normal) ** 2 + torch.dot(normal, proto_abnormal) ** 2) / 2

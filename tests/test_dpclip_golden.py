@@ -1,0 +1,147 @@
+"""Golden outputs of a seeded tiny DP-CLIP: a change that moves any number fails here.
+
+Produced once with the pinned stack (requirements.lock, CPU, fp32) by running this file as a
+script, ``PYTHONPATH=. .venv/bin/python tests/test_dpclip_golden.py``, which prints the
+``GOLDEN`` table. Tolerance 1e-5 relative (1e-6 absolute near zero). If a change is meant to
+alter the numbers, regenerate the table and say why in the commit; the agreement with the
+authors' code is checked separately by ``benchmarks/check_dpclip_equivalence.py``.
+
+Model: as ``tests/test_golden.py`` (``torch.manual_seed(0)``, ``create_backbone("aaclip-tiny",
+image_size=64)``, seeded noise on every 1-D backbone parameter, ``torch.manual_seed(0)`` again
+before the method), then every GRN gamma / beta drawn from a generator seeded 3 (at the
+released init they are 0 and every GRN is the identity). Input: ``torch.manual_seed(1);
+torch.randn(2, 3, 64, 64)``; one rectangular defect in image 1. Two training steps (Adam,
+lr 5e-4) give the decoupling term without and with prototypes and the momentum update.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aaclip import scoring
+from aaclip.backbone import create_backbone
+from aaclip.methods.dpclip import DPClip, DPClipConfig
+from aaclip.train import Optimiser, train_step
+
+SIZE = 64
+
+# Produced by `python tests/test_dpclip_golden.py` (see the module docstring).
+GOLDEN = {
+    "anchors.abs_sum": 13.17178726196289,
+    "anchors.normal_dot_abnormal": 0.9836821556091309,
+    "seg[0].abs_sum": 726.0286865234375,
+    "seg[3][1,5,9]": -0.008580615743994713,
+    "det.sum": 0.15678110718727112,
+    "det[0,11]": 0.002709571737796068,
+    "map_industrial.sum": 18516.015625,
+    "map_industrial[1,31,17]": 3.4573349952697754,
+    "map_medical.sum": 18523.328125,
+    "image_probability[0]": 0.49328526854515076,
+    "image_probability[1]": 0.5037192702293396,
+    "class_scores.score[0]": 0.36868759989738464,
+    "grn_batch.seg[0].abs_sum": 726.1755981445312,
+    "step1.classification": 0.6917679309844971,
+    "step1.segmentation_level4": 1.9455382823944092,
+    "step1.decoupling": 0.007251976523548365,
+    "step1.prototype_abnormal.sum": -0.33254873752593994,
+    "step2.loss": 7.569677829742432,
+    "step2.decoupling": 0.007212914060801268,
+    "step2.prototype_normal[0,7]": 0.03470662236213684,
+}
+
+
+def build(**kw) -> DPClip:
+    torch.manual_seed(0)
+    backbone = create_backbone("aaclip-tiny", image_size=SIZE)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in backbone.clip.parameters():
+            if p.dim() == 1 and p.numel() > 1:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    torch.manual_seed(0)
+    model = DPClip(backbone, DPClipConfig(class_descriptions="plain", **kw)).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.image_adapter.named_parameters():
+            if ".grn." in name:
+                p.copy_(
+                    (0.5 if name.endswith("weight") else 0.05) * torch.randn(p.shape, generator=g)
+                )
+    return model
+
+
+def compute() -> dict[str, float]:
+    """Every pinned number, from a freshly built seeded model."""
+    model = build()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    mask = torch.zeros(2, 1, SIZE, SIZE)
+    mask[1, 0, 16:40, 8:30] = 1
+    out: dict[str, float] = {}
+
+    def pin(name: str, t) -> None:
+        out[name] = float(t)
+
+    with torch.no_grad():
+        anchors = model.class_anchors("brick", None)
+        pin("anchors.abs_sum", anchors.abs().sum())
+        pin("anchors.normal_dot_abnormal", anchors[:, 0] @ anchors[:, 1])
+        seg, det = model.encode_image(x)
+        pin("seg[0].abs_sum", seg[0].abs().sum())
+        pin("seg[3][1,5,9]", seg[3][1, 5, 9])
+        pin("det.sum", det.sum())
+        pin("det[0,11]", det[0, 11])
+        amap = scoring.anomaly_map(seg, anchors, SIZE, "industrial")
+        pin("map_industrial.sum", amap.sum())
+        pin("map_industrial[1,31,17]", amap[1, 31, 17])
+        pin("map_medical.sum", scoring.anomaly_map(seg, anchors, SIZE, "medical").sum())
+        prob = scoring.image_probability(det, anchors)
+        pin("image_probability[0]", prob[0])
+        pin("image_probability[1]", prob[1])
+        _, scores = scoring.class_scores(amap, prob, "industrial")
+        pin("class_scores.score[0]", scores[0])
+        batch_axis = build(grn_axis="batch")
+        seg_b, _ = batch_axis.encode_image(x)
+        pin("grn_batch.seg[0].abs_sum", seg_b[0].abs().sum())
+
+    stage = model.stages()[0]
+    opt = Optimiser.for_stage(model, stage)
+    model.start_stage(stage, ["brick"], None)
+    model.train()
+    b = {"image": x, "mask": mask, "label": torch.tensor([0, 1]), "class_name": ["brick"] * 2}
+    first = train_step(model, stage, b, opt)
+    pin("step1.classification", first["classification"])
+    pin("step1.segmentation_level4", first["segmentation_level4"])
+    pin("step1.decoupling", first["decoupling"])
+    pin("step1.prototype_abnormal.sum", model.prototypes.abnormal.sum())
+    second = train_step(model, stage, b, opt)
+    pin("step2.loss", second["loss"])
+    pin("step2.decoupling", second["decoupling"])
+    pin("step2.prototype_normal[0,7]", model.prototypes.normal[0, 7])
+    return out
+
+
+@pytest.fixture(scope="module")
+def computed() -> dict[str, float]:
+    return compute()
+
+
+def test_golden_table_covers_every_computed_number(computed):
+    assert sorted(computed) == sorted(GOLDEN)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_value(computed, name):
+    assert computed[name] == pytest.approx(GOLDEN[name], rel=1e-5, abs=1e-6), (
+        f"{name}: got {computed[name]!r}, golden {GOLDEN[name]!r}; if intended, regenerate "
+        "with `python tests/test_dpclip_golden.py` (see module docstring)"
+    )
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    print("GOLDEN = {")
+    for key, value in compute().items():
+        print(f"    {key!r}: {value!r},")
+    print("}")
