@@ -318,6 +318,21 @@ def test_param_groups_give_the_temperature_its_own_lr(tiny_clip):
     named = {id(p): n for n, p in m.adapters.named_parameters()}
     in_rest = {named[id(p)] for p in groups[0]["params"]}
     assert in_rest | {"New_Lan_Embed.prompt_temp", "prompt_text_projection"} == set(named.values())
+    off = IQEClip(tiny_clip, IQEClipConfig(use_global=False))  # DDP: no unused grad tensors
+    off_named = {id(p): n for n, p in off.adapters.named_parameters()}
+    kept = {off_named[id(p)] for p in off.param_groups(off.stages()[0])[0]["params"]}
+    assert not any(k.startswith(("query_linear", "New_Lan_Embed.prompt_linear1")) for k in kept)
+
+
+def test_ablations_flip_each_released_switch():
+    from aaclip.methods import method_class
+
+    cfg = preset("smoke", "iqeclip").model
+    abl = method_class("iqeclip").ablations(cfg)
+    assert abl["use_global_false"] == ["model.use_global=false"]
+    assert abl["det_bce_probability"] == ["model.det_bce=probability"]
+    assert set(abl) == {"use_global_false", "dropout_after_eval_true", "det_bce_probability",
+                        "normalize_clip", "quick_gelu"}  # fmt: skip
 
 
 def test_invalid_switch_values_are_refused(tiny_clip):

@@ -42,36 +42,32 @@ PROTOCOLS = ("zero", "few")
 @dataclass
 class IQEClipConfig:
     # architecture (None: scaled to the backbone; the release's values on ViT-L-14-336)
-    levels: tuple[int, ...] | None = None  # (6, 12, 18, 24): 1/4 ... 4/4 of the vision depth
-    prompt_len: int = 2  # r class tokens, replacing the EOT token
+    levels: tuple[int, ...] | None = None  # blocks read (6, 12, 18, 24): 1/4 ... 4/4 of the depth
+    prompt_len: int = 2  # r class tokens, replacing the EOT token of the templates
     deep_prompt_len: int = 1  # n prompt tokens after SOS: one shallow + one per later block
-    iqm_layers: int = 4
-    iqm_heads: int = 8
-    iqm_ffn: int | None = None  # 4 x the joint width (3072)
-    iqm_dropout: float = 0.1
-    # which release script's rules apply: "zero" (train_zero/test_zero: image score = sums
-    # of token means; dropout never on) or "few" (train_few/test_few: image score = pixel
-    # means of the upsampled maps; dropout on in epoch 1). Set by the presets from the shots.
-    protocol: str = "zero"
-    raw_weight: float = 0.2  # pixel map = blur(0.2 raw + 0.8 new)
-    blur_sigma: float = 8.0  # scipy gaussian_filter, mode reflect
-    blur_truncate: float = 4.0  # radius = int(truncate * sigma + 0.5) = 32 px
-    # classes (MVFA object names, as data_prep.mvfa writes them) whose images get only the
-    # detection loss; an anomalous image without a mask gets only that loss as well
-    classification_only: tuple[str, ...] = CLASSIFICATION_ONLY
+    iqm_layers: int = 4  # query module (Q-Former) layers
+    iqm_heads: int = 8  # query module attention heads
+    iqm_ffn: int | None = None  # query module FFN width; None: 4 x the joint width (3072)
+    iqm_dropout: float = 0.1  # query module dropout (when on: see dropout_after_eval)
+    # which release script's rules apply (the presets set it from the shots)
+    protocol: str = "zero"  # zero: image score = sums of token means | few: pixel means
+    raw_weight: float = 0.2  # pixel map = blur(raw_weight raw + (1 - raw_weight) new)
+    blur_sigma: float = 8.0  # pixel-map Gaussian (scipy gaussian_filter, mode reflect)
+    blur_truncate: float = 4.0  # Gaussian radius = int(truncate * sigma + 0.5) = 32 px
+    classification_only: tuple[str, ...] = CLASSIFICATION_ONLY  # classes: detection loss only
     # switches (released behaviour by default; see the README)
     use_global: bool = True  # condition class tokens and queries on g (CLI flag is store_false)
-    dropout_after_eval: bool = False  # True: IQM dropout stays on in every training step
+    dropout_after_eval: bool = False  # True: IQM dropout on in every training step
     det_bce: str = "logits_on_probability"  # released double sigmoid | probability (plain BCE)
     amp: str = "fp16_noscaler"  # CUDA fp16 autocast, no GradScaler (released) | off; CPU: off
     normalize: str = "none"  # none (released: ToTensor only) | clip (mean/std)
     # schedule (zero-shot release: 50 epochs, batch 128; few-shot: 10 epochs, batch 32)
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 1e-4
-    temperature_lr: float = 0.01  # the learned temperature's own group
-    betas: tuple[float, float] = (0.5, 0.999)
-    augment: str = "none"
+    epochs: int = 50  # stage "iqe"
+    batch_size: int = 128  # stage "iqe"
+    lr: float = 1e-4  # Adam, every trainable tensor but the temperature
+    temperature_lr: float = 0.01  # Adam, the learned temperature's own group
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam
+    augment: str = "none"  # training augmentation recipe (released: none)
 
 
 # --------------------------------------------------------------------------- presets
@@ -85,10 +81,10 @@ def mvfa_config(
 
     Sets are `<data_root>/<Obj>_AD` with the records `data_prep.mvfa` writes (`test.jsonl`,
     `<k>-shot.jsonl`). `shots=k`: train on the target's k-shot supports (few-shot release:
-    10 epochs, batch 32); None: leave-one-out zero-shot on the test splits of the five other
-    sets (50 epochs, batch 128), read from `train_records` (default
-    `<data_root>/leave_one_out/<Obj>.jsonl`, which the MVFA protocol command writes).
-    Seed 42 as both training scripts.
+    10 epochs, batch 32, image score from pixel means); None: leave-one-out zero-shot on the
+    test splits of the five other sets (50 epochs, batch 128), read from `train_records`
+    (default `<data_root>/leave_one_out/<Obj>.jsonl`; `protocols.leave_one_out` and the grid
+    write such a merged file themselves). Seed 42 as both training scripts.
     """
     if target not in MVFA_SETS:
         raise ValueError(f"unknown MVFA set {target!r}; choose from {', '.join(MVFA_SETS)}")
@@ -100,11 +96,11 @@ def mvfa_config(
             else f"{data_root}/leave_one_out/{target}.jsonl"
         )
     model = IQEClipConfig(protocol="few", epochs=10, batch_size=32) if few else IQEClipConfig()
-    return C.ExperimentConfig(
-        method="iqeclip",
-        profile="paper",
+    return C.paper_experiment(
+        "iqeclip",
+        model,
+        data_root,
         backbone=C.BackboneConfig(image_size=240, require_weights=True),
-        model=model,
         train=C.TrainConfig(seed=42),
         eval=C.EvalConfig(batch_size=32),
         data=C.DataConfig(
@@ -122,12 +118,12 @@ def _smoke(data_root: str = "data/synthetic") -> C.ExperimentConfig:
     zero-shot on the held-out medical classes. Larger lr, a short schedule, geometric
     augmentation and a blur scaled to 64 px (sigma 4) for the tiny model; every switch is
     the released one."""
-    return C.ExperimentConfig(
-        method="iqeclip",
-        profile="smoke",
+    model = IQEClipConfig(epochs=10, batch_size=6, lr=5e-3, augment="geometric", blur_sigma=4.0)
+    return C.smoke_experiment(
+        "iqeclip",
+        model,
+        data_root,
         backbone=C.BackboneConfig(name="aaclip-tiny", image_size=64),
-        model=IQEClipConfig(epochs=10, batch_size=6, lr=5e-3, augment="geometric", blur_sigma=4.0),
-        eval=C.EvalConfig(batch_size=32),
         data=C.DataConfig(
             train_records=f"{data_root}/medical_train.jsonl",
             train_dataset="synthetic-medical",
@@ -268,12 +264,20 @@ class IQEClip(Method):
     summary = "IQE-CLIP: image-conditioned class tokens, deep text prompts, Q-Former queries"
     Config = IQEClipConfig
     PRESETS = {"paper": mvfa_config, "smoke": _smoke}
-    ABLATIONS = {
-        "no_global": ["model.use_global=false"],
-        "dropout_after_eval": ["model.dropout_after_eval=true"],
-        "det_bce_probability": ["model.det_bce=probability"],
-        "normalize_clip": ["model.normalize=clip"],
-    }
+
+    @classmethod
+    def ablations(cls, cfg: IQEClipConfig) -> dict[str, list[str]]:
+        """One override list per released switch, flipped from the profile's value."""
+        other = {"logits_on_probability": "probability", "probability": "logits_on_probability"}
+        flips = {
+            "use_global": str(not cfg.use_global).lower(),
+            "dropout_after_eval": str(not cfg.dropout_after_eval).lower(),
+            "det_bce": other[cfg.det_bce],
+            "normalize": "clip" if cfg.normalize == "none" else "none",
+        }
+        out = {f"{k}_{v}": [f"model.{k}={v}"] for k, v in flips.items()}
+        out["quick_gelu"] = ["backbone.quick_gelu=true"]
+        return out
 
     def __init__(self, backbone: Backbone, cfg: IQEClipConfig | None = None):
         super().__init__(backbone, cfg)
@@ -412,9 +416,13 @@ class IQEClip(Method):
 
     def param_groups(self, stage: Stage) -> list[dict]:
         """One Adam: everything at the stage lr, the temperature in its own group."""
-        temp = self.adapters["New_Lan_Embed"].prompt_temp
-        unused = self.adapters.prompt_text_projection
-        rest = [p for p in self.adapters.parameters() if p is not temp and p is not unused]
+        a = self.adapters
+        temp = a["New_Lan_Embed"].prompt_temp
+        unused = {id(a.prompt_text_projection)}  # never in the forward pass (kept for loading)
+        if not self.cfg.use_global:  # the g-conditioning convolutions get no gradient then
+            convs = (a["New_Lan_Embed"].prompt_linear1, a["query_linear"])
+            unused |= {id(p) for m in convs for p in m.parameters()}
+        rest = [p for p in a.parameters() if p is not temp and id(p) not in unused]
         return [{"params": rest}, {"params": [temp], "lr": self.cfg.temperature_lr}]
 
     def start_epoch(self, stage: Stage, epoch: int) -> None:
