@@ -252,6 +252,7 @@ def train(
         )
         for epoch in range(start + 1, stage.epochs + 1):
             seed_everything(ctx.seed(_epoch_seed(t.seed, index, epoch)))
+            method.start_epoch(stage, epoch)
             loader = _loader(dataset, stage.batch_size, t.num_workers, t.seed + epoch)
             if replica is not None:  # this rank's parts of the batches `loader` would draw
                 indices = _loader(range(len(dataset)), stage.batch_size, 0, t.seed + epoch)

@@ -14,12 +14,18 @@ from aaclip.methods.aaclip import AAClip
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.methods.clip import ClipBaseline
 from aaclip.methods.dpclip import DPClip
+from aaclip.methods.iqeclip import IQEClip
 
 if TYPE_CHECKING:
     from aaclip.backbone import Backbone
     from aaclip.config import ExperimentConfig
 
-METHODS: dict[str, type[Method]] = {"clip": ClipBaseline, "aaclip": AAClip, "dpclip": DPClip}
+METHODS: dict[str, type[Method]] = {
+    "clip": ClipBaseline,
+    "aaclip": AAClip,
+    "dpclip": DPClip,
+    "iqeclip": IQEClip,
+}
 
 
 class UnknownMethodError(ValueError):

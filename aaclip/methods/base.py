@@ -138,6 +138,10 @@ class Method(nn.Module):
         """Per-stage set-up before the first step; a pure function of the weights (re-run on
         resume)."""
 
+    def start_epoch(self, stage: Stage, epoch: int) -> None:
+        """Called before the first step of each epoch (1-based), also the epoch a resumed run
+        restarts; must not draw random numbers (IQE-CLIP: its epoch-1-only dropout)."""
+
     def loss(self, stage: Stage, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch (tensors on the device); the loop optimises the sum."""
         raise NotImplementedError(f"{self.name} has no training stage")
