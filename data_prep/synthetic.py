@@ -244,6 +244,12 @@ def _defect(
     return out, mask
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Atomic write without fsync (the files are regenerable), skipped when unchanged."""
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write(path, data, durable=False)
+
+
 def _to_png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).save(buf, format="PNG")
@@ -274,7 +280,7 @@ def _build_class(
     records, written = [], set()
 
     def save(rel: str, a: np.ndarray) -> None:
-        atomic_write(out / rel, _to_png(a))
+        write_file(out / rel, _to_png(a))
         written.add(out / rel)
 
     for i in range(N_NORMAL):

@@ -26,10 +26,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aaclip.fileio import atomic_write
 from data_prep import mvfa
 from data_prep._common import write_records
-from data_prep.synthetic import DEFECTS, SOURCES, Source, _crop, _defect, _visible, load_photo
+from data_prep.synthetic import (
+    DEFECTS,
+    SOURCES,
+    Source,
+    _crop,
+    _defect,
+    _visible,
+    load_photo,
+    write_file,
+)
 
 SHOTS = (2, 4, 8, 16)
 VALID = 17  # images per label in valid: > the largest k
@@ -96,12 +104,6 @@ def _anomaly(
     raise RuntimeError(f"MVFA synthetic: could not make a visible {kind} defect")
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Atomic write without fsync (regenerable files), skipped when the bytes are equal."""
-    if not (path.is_file() and path.read_bytes() == data):
-        atomic_write(path, data, durable=False)
-
-
 def seed_text(normal: list[str], anomalous: list[str], normal_first: bool) -> str:
     """A seed file's text in the released format (two lines, no final newline)."""
     lines = [f"a-0: {' '.join(anomalous)}", f"n-0: {' '.join(normal)}"]
@@ -128,7 +130,7 @@ def _build_set(
     names: dict[tuple[str, int], list[str]] = {}
 
     def save(path: Path, data: bytes) -> None:
-        _write(path, data)
+        write_file(path, data)
         written.add(path)
 
     for split, count in (("valid", VALID), ("test", TEST)):
