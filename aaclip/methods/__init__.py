@@ -13,12 +13,13 @@ import torch
 from aaclip.methods.aaclip import AAClip
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.methods.clip import ClipBaseline
+from aaclip.methods.mvfa import MVFA
 
 if TYPE_CHECKING:
     from aaclip.backbone import Backbone
     from aaclip.config import ExperimentConfig
 
-METHODS: dict[str, type[Method]] = {"clip": ClipBaseline, "aaclip": AAClip}
+METHODS: dict[str, type[Method]] = {"clip": ClipBaseline, "aaclip": AAClip, "mvfa": MVFA}
 
 
 class UnknownMethodError(ValueError):
@@ -66,6 +67,7 @@ __all__ = [
     "ClassContext",
     "ClipBaseline",
     "InputSpec",
+    "MVFA",
     "Method",
     "Prediction",
     "Stage",
