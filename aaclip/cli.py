@@ -1,4 +1,5 @@
-"""`aaclip methods | prepare | train | test | predict | import-released | bench`: thin wrappers."""
+"""`aaclip methods | prepare | train | test | predict | import-released | protocol | bench`: thin
+wrappers."""
 
 from __future__ import annotations
 
@@ -146,22 +147,46 @@ def cmd_import(args: argparse.Namespace) -> int:
     from aaclip.methods.aaclip import load_released
 
     cfg = _config(args)
-    if cfg.method != "aaclip":
-        raise ValueError(
-            f"import-released reads AA-CLIP files; --method {cfg.method} has no importer"
-        )
     model = create_method(cfg, "cpu")
-    load_released(model, args.text, args.image)
+    if cfg.method == "aaclip":
+        load_released(model, args.text, args.image)
+        stage, files = (2 if args.image else 1), [args.text, args.image]
+    else:  # one released file (MVFA-AD: ckpt/{few-shot,zero-shot}/<Obj>.pth)
+        if not args.released:
+            raise ValueError(f"import-released --method {cfg.method}: give --released FILE")
+        model.import_released(args.released)
+        stage, files = len(model.stages()), [args.released]
     meta = {
         "method": model.name,
-        "stage": 2 if args.image else 1,
+        "stage": stage,
         "epoch": None,
-        "imported_from": [str(p) for p in (args.text, args.image) if p],
+        "imported_from": [str(p) for p in files if p],
         "backbone": model.backbone.identity,
         "config": cfg.to_dict(),
     }
     ck.save_adapters(args.out, model.adapter_state(), meta)
     print(f"wrote {args.out} (use it with `aaclip test --checkpoint` or `aaclip predict`)")
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from aaclip.medical import run_grid
+    from aaclip.results import to_markdown
+
+    result = run_grid(
+        args.method or "mvfa",
+        shots=args.shots,
+        profile=args.profile,
+        out_dir=args.out,
+        data_root=args.data,
+        sets=args.sets,
+        pixel_sets=args.pixel_sets,
+        overrides=list(args.set or []),
+        device=args.device,
+        workers=args.workers,
+    )
+    print(to_markdown(result.table))
+    print(f"wrote {result.out_dir}/table.{{csv,md}} and grid.csv in {result.wall_time_s:.0f} s")
     return 0
 
 
@@ -241,12 +266,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("images", nargs="+", help="image files and/or folders")
 
     sp = sub.add_parser(
-        "import-released", help="convert the authors' text_adapter.pth / image_adapter_N.pth"
+        "import-released",
+        help="convert the authors' files: AA-CLIP text/image adapters, MVFA-AD --released",
     )
     experiment(sp)
     sp.add_argument("--text", help="text_adapter.pth (stage 1)")
     sp.add_argument("--image", help="image_adapter_N.pth (stage 2)")
+    sp.add_argument("--released", help="MVFA-AD: ckpt/{few-shot,zero-shot}/<Obj>.pth")
     sp.add_argument("--out", required=True, help="our .safetensors checkpoint to write")
+
+    sp = sub.add_parser(
+        "protocol", help="a whole protocol grid for a method, one table beside published"
+    )
+    sp.add_argument("name", choices=["mvfa"], help="mvfa: the six medical sets of MVFA-AD")
+    method_option(sp)
+    sp.add_argument("--profile", default="smoke", help="the method's preset: smoke | paper")
+    sp.add_argument("--shots", default="0,2,4,8,16", help="k, comma-separated; 0: zero-shot")
+    sp.add_argument("--sets", help="set folders (default all six), e.g. Brain,Chest")
+    sp.add_argument(
+        "--pixel-sets", help="sets scored with pixel metrics (default Brain,Liver,Retina_RESC)"
+    )
+    sp.add_argument("--data", help="folder holding <Obj>_AD (smoke: data/synthetic/mvfa)")
+    sp.add_argument("--out", help="output folder (default results/protocol/<method>-<profile>)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
+    sp.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
+    sp.add_argument("--device", help="cpu | cuda (default: cuda when available)")
 
     sp = sub.add_parser("bench", help="throughput, latency and peak memory")
     method_option(sp)
@@ -280,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": cmd_predict,
         "bench": cmd_bench,
         "import-released": cmd_import,
+        "protocol": cmd_protocol,
     }
     try:
         if args.command == "prepare":
