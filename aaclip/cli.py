@@ -1,5 +1,5 @@
 """`aaclip methods | config | prepare | train | test | calibrate | predict | export |
-import-released | bench | grid`: thin wrappers."""
+import-released | protocol | bench | grid`: thin wrappers."""
 
 from __future__ import annotations
 
@@ -276,29 +276,54 @@ def cmd_import(args: argparse.Namespace) -> int:
     from aaclip.methods import aaclip, create_method, dpclip
 
     cfg = _config(args)
-    if cfg.method not in ("aaclip", "dpclip"):
-        raise ValueError(
-            f"import-released reads AA-CLIP and DP-CLIP files; --method {cfg.method} has no "
-            "importer"
-        )
     model = create_method(cfg, "cpu")
     if cfg.method == "dpclip":
         if args.text or not args.image:
             raise ValueError("DP-CLIP has no text stage: pass its image_adapter_N.pth as --image")
         dpclip.load_released(model, args.image)
-    else:
+        stage, files = len(model.stages()), [args.image]
+    elif cfg.method == "aaclip":
         dpclip.refuse_for_aaclip(args.image)
         aaclip.load_released(model, args.text, args.image)
+        stage, files = (2 if args.image else 1), [args.text, args.image]
+    elif hasattr(model, "import_released"):  # one released file (MVFA-AD: <Obj>.pth)
+        if not args.released:
+            raise ValueError(f"import-released --method {cfg.method}: give --released FILE")
+        model.import_released(args.released)
+        stage, files = len(model.stages()), [args.released]
+    else:
+        raise ValueError(f"import-released: --method {cfg.method} has no importer")
     meta = {
         "method": model.name,
-        "stage": len(model.stages()) if args.image else 1,
+        "stage": stage,
         "epoch": None,
-        "imported_from": [str(p) for p in (args.text, args.image) if p],
+        "imported_from": [str(p) for p in files if p],
         "backbone": model.backbone.identity,
         "config": cfg.to_dict(),
     }
     ck.save_adapters(args.out, model.adapter_state(), meta)
     print(f"wrote {args.out} (use it with `aaclip test --checkpoint` or `aaclip predict`)")
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from aaclip.medical import run_grid
+    from aaclip.results import to_markdown
+
+    result = run_grid(
+        args.method or "mvfa",
+        shots=args.shots,
+        profile=args.profile,
+        out_dir=args.out,
+        data_root=args.data,
+        sets=args.sets,
+        pixel_sets=args.pixel_sets,
+        overrides=list(args.set or []),
+        device=args.device,
+        workers=args.workers,
+    )
+    print(to_markdown(result.table))
+    print(f"wrote {result.out_dir}/table.{{csv,md}} and grid.csv in {result.wall_time_s:.0f} s")
     return 0
 
 
@@ -469,12 +494,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="local CLIP weights file (else $AACLIP_WEIGHTS)")
 
     sp = sub.add_parser(
-        "import-released", help="convert the authors' text_adapter.pth / image_adapter_N.pth"
+        "import-released",
+        help="convert the authors' files: AA-CLIP text/image adapters, MVFA-AD --released",
     )
     experiment(sp)
     sp.add_argument("--text", help="text_adapter.pth (stage 1)")
     sp.add_argument("--image", help="image_adapter_N.pth (stage 2)")
+    sp.add_argument("--released", help="MVFA-AD: ckpt/{few-shot,zero-shot}/<Obj>.pth")
     sp.add_argument("--out", required=True, help="our .safetensors checkpoint to write")
+
+    sp = sub.add_parser(
+        "protocol", help="a whole protocol grid for a method, one table beside published"
+    )
+    sp.add_argument("name", choices=["mvfa"], help="mvfa: the six medical sets of MVFA-AD")
+    method_option(sp)
+    sp.add_argument("--profile", default="smoke", help="the method's preset: smoke | paper")
+    sp.add_argument("--shots", default="0,2,4,8,16", help="k, comma-separated; 0: zero-shot")
+    sp.add_argument("--sets", help="set folders (default all six), e.g. Brain,Chest")
+    sp.add_argument(
+        "--pixel-sets", help="sets scored with pixel metrics (default Brain,Liver,Retina_RESC)"
+    )
+    sp.add_argument("--data", help="folder holding <Obj>_AD (smoke: data/synthetic/mvfa)")
+    sp.add_argument("--out", help="output folder (default results/protocol/<method>-<profile>)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
+    sp.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
+    sp.add_argument("--device", help="cpu | cuda (default: cuda when available)")
 
     sp = sub.add_parser("bench", help="throughput, latency and peak memory")
     method_option(sp)
@@ -525,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": cmd_bench,
         "import-released": cmd_import,
         "grid": cmd_grid,
+        "protocol": cmd_protocol,
     }
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:

@@ -48,6 +48,10 @@ class DataConfig:
     test_records: tuple[str, ...] = ("data/MVTec/test.jsonl",)  # one JSONL per test set
     test_datasets: tuple[str, ...] = ("MVTec",)  # their names, same order
     test_domains: tuple[str, ...] = ()  # per test set; empty -> dataset table (else industrial)
+    # Few-shot: per test set, a records file whose normal images of each class are the
+    # reference normals a method's memory bank is fitted on (`Method.fit_memory`); empty
+    # (or "" for a set) -> none, zero-shot scoring.
+    memory_records: tuple[str, ...] = ()
 
 
 @dataclass

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aaclip.augment_x11 import x11_variant
 from aaclip.fileio import atomic_write_text
 from aaclip.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    EXPANDING,
     JointTransform,
     check_augment,
     color_transform,
@@ -403,10 +405,12 @@ def load_mask(path: str | os.PathLike, size: int) -> torch.Tensor:
 class RecordDataset(torch.utils.data.Dataset):
     """Images and masks of records as the released AA-CLIP code prepares them.
 
-    ``augment``: "none" (evaluation), "geometric" (stage 1), "geometric+color" (stage 2).
-    Normal records, and anomalous ones without a mask, get an all-zero mask; ``has_mask``
-    tells the two apart for classification-only sets. Validate the records first
-    (``load_records``): this class assumes the files exist.
+    ``augment``: "none" (evaluation), "geometric" (stage 1), "geometric+color" (stage 2),
+    "mvfa_x11" (every record expanded into MVFA's 11 fixed variants; masks warped bilinearly,
+    not re-binarised). Normal records, and anomalous ones without a mask, get an all-zero
+    mask; ``has_mask`` tells the two apart, and ``class_has_masks`` says whether every
+    anomalous record of the item's class has a mask (False: a classification-only set).
+    Validate the records first (``load_records``): this class assumes the files exist.
     """
 
     def __init__(
@@ -427,13 +431,22 @@ class RecordDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.mean, self.std = mean, std
         self._color = color_transform() if augment == "geometric+color" else None
-        self._joint = JointTransform() if augment != "none" else None
+        self._joint = JointTransform() if augment in ("geometric", "geometric+color") else None
+        self.expand = EXPANDING.get(augment, 1)
+        self.class_has_masks = {
+            name: all(r.mask_path for r in self.records if r.class_name == name and r.label == 1)
+            for name in class_names(self.records)
+        }
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.expand
+
+    def record(self, index: int) -> Record:
+        """The record behind item ``index`` (expanding recipes repeat each record)."""
+        return self.records[index // self.expand]
 
     def __getitem__(self, index: int) -> dict:
-        rec = self.records[index]
+        rec = self.record(index)
         s = self.image_size
         img = load_image(self.root / rec.image_path)
         if self._color is not None:
@@ -443,6 +456,8 @@ class RecordDataset(torch.utils.data.Dataset):
         mask = load_mask(self.root / str(rec.mask_path), s) if has_mask else torch.zeros(1, s, s)
         if self._joint is not None:
             image, mask = self._joint(image, mask)
+        if self.augment == "mvfa_x11":
+            image, mask = x11_variant(index % self.expand, image, mask)
         return {
             "image": image,
             "mask": mask,
@@ -450,6 +465,7 @@ class RecordDataset(torch.utils.data.Dataset):
             "class_name": rec.class_name,
             "image_path": rec.image_path,
             "has_mask": has_mask,
+            "class_has_masks": self.class_has_masks[rec.class_name],
         }
 
 

@@ -51,11 +51,13 @@ METRIC_COLUMNS = [
 
 @dataclass(frozen=True)
 class EvalSet:
-    """One test set of a config: its records file, dataset name and scoring domain."""
+    """One test set of a config: its records file, dataset name and scoring domain, and
+    (few-shot) the records file of its reference normals."""
 
     records_file: Path
     dataset: str | None
     domain: str
+    memory_file: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -66,15 +68,28 @@ class EvalSet:
         # pixel metrics are reported as missing.
         return data.load_records(self.records_file, require_masks=False)
 
+    def memory(self) -> list[data.Record] | None:
+        """The reference-normal records (label 0) of the memory file; None: zero-shot."""
+        if self.memory_file is None:
+            return None
+        records = data.load_records(self.memory_file, require_masks=False)
+        return [r for r in records if r.label == 0]
+
 
 def eval_sets(cfg: ExperimentConfig) -> list[EvalSet]:
     """The config's test sets; domains from the config, else the dataset table (industrial)."""
     n = len(cfg.data.test_records)
     datasets = cfg.data.test_datasets or (None,) * n
     domains = cfg.data.test_domains or tuple(prompts.domain_of(d) for d in datasets)
+    memory = cfg.data.memory_records or ("",) * n
+    if len(memory) != n:
+        raise ValueError(
+            f"data.memory_records names {len(memory)} files for {n} test sets; give one per "
+            'test set ("" for none)'
+        )
     return [
-        EvalSet(Path(f), d, dom)
-        for f, d, dom in zip(cfg.data.test_records, datasets, domains, strict=True)
+        EvalSet(Path(f), d, dom, Path(m) if m else None)
+        for f, d, dom, m in zip(cfg.data.test_records, datasets, domains, memory, strict=True)
     ]
 
 
@@ -131,11 +146,15 @@ def predict(
     num_workers: int = 0,
     keep_raw: bool = False,
     shards: distributed.Shards | None = None,
+    memory: list[data.Record] | None = None,
+    memory_root: str | Path | None = None,
 ) -> dict[str, dict[str, ClassPredictions]]:
     """Maps and scores per method and class, each class normalised by the method's rule.
 
     All methods must share one input spec (the checkpoints of one run do). On a GPU the maps
-    stay on it, so the metrics run there too (torch backend). Under torchrun (`shards`) each
+    stay on it, so the metrics run there too (torch backend). With `memory` (few-shot
+    reference normals, paths under `memory_root`), each method's `fit_memory` gets the
+    class's normal images before its test images are scored. Under torchrun (`shards`) each
     rank scores its share of the batches and rank 0 alone returns the classes.
     """
     shards = shards or distributed.Shards()
@@ -152,6 +171,9 @@ def predict(
         subset = [r for r in records if r.class_name == cls]
         has_masks = all(r.mask_path for r in subset if r.label == 1)
         ctx = {n: m.prepare_class(cls, dataset, domain, has_masks) for n, m in methods.items()}
+        if memory is not None:
+            normals = reference_images(memory, memory_root or root, cls, spec, device)
+            ctx = {n: m.fit_memory(ctx[n], normals) for n, m in methods.items()}
         loader = DataLoader(
             data.RecordDataset(subset, root, spec.image_size, "none", spec.mean, spec.std),
             batch_sampler=shards.batches(len(subset), batch_size),
@@ -183,6 +205,26 @@ def predict(
             )
     bar.close()
     return out
+
+
+def reference_images(
+    memory: list[data.Record],
+    root: str | Path,
+    class_name: str,
+    spec,
+    device: torch.device,
+) -> torch.Tensor:
+    """(N, 3, S, S) normal images of one class from few-shot memory records, prepared as the
+    method's input spec says; a class without any is one error line."""
+    normals = [r for r in memory if r.class_name == class_name and r.label == 0]
+    if not normals:
+        known = ", ".join(sorted({r.class_name for r in memory})) or "none"
+        raise data.RecordError(
+            f"memory records: no normal image of class {class_name!r} to fit the few-shot "
+            f"memory bank on (classes with normals: {known})"
+        )
+    ds = data.RecordDataset(normals, root, spec.image_size, "none", spec.mean, spec.std)
+    return torch.stack([ds[i]["image"] for i in range(len(ds))]).to(device)
 
 
 def class_metrics(pred: ClassPredictions, aupro: bool = True) -> dict[str, float]:
@@ -296,6 +338,8 @@ def evaluate(
             progress=progress,
             num_workers=cfg.eval.num_workers,
             shards=shards,
+            memory=ts.memory(),
+            memory_root=ts.memory_file.parent if ts.memory_file else None,
         )
         wall = time.time() - t0
         if not ctx.is_main:  # under torchrun rank 0 computes and writes the tables

@@ -28,16 +28,21 @@ def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
     raise FileExistsError(f"{folder}: could not create a temporary file for {name}")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (creating parent folders)."""
+def atomic_write(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` atomically (creating parent folders).
+
+    `durable=False` skips the fsync: still atomic, but a power cut may lose the new file
+    (fine for files that are cheap to regenerate).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -11,7 +11,6 @@ from the `Method` contract.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from aaclip import checkpoints as ck
 from aaclip import data, distributed, runs
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write_text
-from aaclip.methods import Method, Stage, create_method
+from aaclip.methods import Method, Stage, create_method, method_class
 from aaclip.runtime import autocast, pick_device, seed_everything
 
 
@@ -42,10 +41,11 @@ class TrainResult:
 
 @dataclass
 class Optimiser:
-    """The optimiser and (optional) scheduler of one stage."""
+    """The optimiser, (optional) scheduler and (optional) fp16 GradScaler of one stage."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
 
     @classmethod
     def for_stage(cls, method: Method, stage: Stage) -> Optimiser:
@@ -53,18 +53,22 @@ class Optimiser:
         sched = None
         if stage.milestones:  # MultiStepLR milestones count iterations
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(stage.milestones), stage.gamma)
-        return cls(opt, sched)
+        return cls(opt, sched, method.grad_scaler())
 
     def state_dict(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict()}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -77,14 +81,17 @@ def train_step(
     stage: Stage,
     batch: dict,
     opt: Optimiser,
-    precision: str = "fp32",
+    precision: str | None = None,
     replica: distributed.Replica | None = None,
 ) -> dict[str, float]:
     """One step: loss terms -> sum -> finite check -> backward -> step -> scheduler ->
     `method.after_step`. Returns the terms and their sum ("loss") as floats; raises
-    FloatingPointError before any update when the sum is not finite. Under torchrun
+    FloatingPointError before any update when the sum is not finite. The forward runs under
+    the method's autocast (`precision` given: that precision's instead); with a GradScaler
+    (fp16) the loss is scaled for backward and the step unscaled. Under torchrun
     (`replica`), the terms and the gradient are those of the global batch."""
-    with autocast(method.device, precision):
+    amp = method.autocast() if precision is None else autocast(method.device, precision)
+    with amp:
         terms = method.loss(stage, batch) if replica is None else replica(stage, batch)
     loss = sum(terms.values())
     shown = {"loss": loss, **terms}
@@ -93,16 +100,43 @@ def train_step(
     if not torch.isfinite(shown["loss"]):
         raise FloatingPointError(f"loss is {shown['loss'].item()}")
     opt.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.optimizer.step()
+    if opt.scaler is not None:
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+    else:
+        loss.backward()
+        opt.optimizer.step()
     if opt.scheduler is not None:
         opt.scheduler.step()
     method.after_step(stage)
     return {k: v.item() for k, v in shown.items()}
 
 
-def _loader(dataset: Dataset | range, batch: int, workers: int, seed: int) -> DataLoader:
+def class_batches(
+    dataset: data.RecordDataset, batch: int, generator: torch.Generator
+) -> list[list[int]]:
+    """Batches that each hold items of one class: every class shuffled on its own and cut
+    into batches of `batch` (its last one may be shorter), then the batches shuffled (MVFA's
+    leave-one-out training: each batch from one source set, with that set's anchors)."""
+    by_class: dict[str, list[int]] = {}
+    for i in range(len(dataset)):
+        by_class.setdefault(dataset.record(i).class_name, []).append(i)
+    batches = []
+    for items in by_class.values():
+        order = torch.randperm(len(items), generator=generator).tolist()
+        shuffled = [items[j] for j in order]
+        batches += [shuffled[k : k + batch] for k in range(0, len(shuffled), batch)]
+    return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _loader(
+    dataset: Dataset | range, batch: int, workers: int, seed: int, one_class: bool = False
+) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
+    if one_class:
+        batches = class_batches(dataset, batch, gen)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers)
     return DataLoader(dataset, batch_size=batch, shuffle=True, generator=gen, num_workers=workers)
 
 
@@ -204,7 +238,9 @@ def train(
     ctx = distributed.setup(pick_device(device))
     dev = ctx.device
     t = cfg.train
-    records = data.load_records(cfg.data.train_records)
+    # methods that train on classification-only sets accept anomalies without masks
+    needs_masks = method_class(cfg.method).needs_masks
+    records = data.load_records(cfg.data.train_records, require_masks=needs_masks)
     root = Path(cfg.data.train_records).parent
     if t.shots:
         records = data.sample_few_shot(records, t.shots, t.seed)
@@ -244,7 +280,7 @@ def train(
         dataset = data.RecordDataset(
             records, root, spec.image_size, augment=stage.augment, mean=spec.mean, std=spec.std
         )
-        steps = math.ceil(len(dataset) / stage.batch_size)
+        steps = len(_loader(dataset, stage.batch_size, 0, 0, stage.one_class_per_batch))
         bar = tqdm(
             total=(stage.epochs - start) * steps,
             desc=stage.name,
@@ -253,16 +289,16 @@ def train(
         for epoch in range(start + 1, stage.epochs + 1):
             seed_everything(ctx.seed(_epoch_seed(t.seed, index, epoch)))
             method.start_epoch(stage, epoch)
-            loader = _loader(dataset, stage.batch_size, t.num_workers, t.seed + epoch)
+            loader = _loader(
+                dataset, stage.batch_size, t.num_workers, t.seed + epoch, stage.one_class_per_batch
+            )
             if replica is not None:  # this rank's parts of the batches `loader` would draw
                 indices = _loader(range(len(dataset)), stage.batch_size, 0, t.seed + epoch)
                 loader = replica.loader(dataset, indices, t.num_workers)
             epoch_terms: list[dict[str, float]] = []
             for step, batch in enumerate(loader):
                 try:
-                    terms = train_step(
-                        method, stage, to_device(batch, dev), opt, cfg.backbone.precision, replica
-                    )
+                    terms = train_step(method, stage, to_device(batch, dev), opt, replica=replica)
                 except FloatingPointError as err:
                     kept = (
                         f"last good checkpoint: {last_ckpt}"
@@ -276,6 +312,7 @@ def train(
                 epoch_terms.append(terms)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{terms['loss']:.4f}")
+            method.after_epoch(stage, dataset)
             last_ckpt = runs.checkpoint_path(run_dir, index, epoch)
             if ctx.is_main:  # under torchrun rank 0 writes, then every rank goes on
                 _finish_epoch(run_dir, cfg, method, index, stage, epoch, epoch_terms, opt, log)
@@ -298,7 +335,8 @@ def _finish_epoch(
     log: list[dict],
 ) -> Path:
     """Checkpoint first, then the resume state, then the log line: each write is atomic."""
-    means = {k: float(np.mean([t[k] for t in epoch_terms])) for k in (epoch_terms or [{}])[0]}
+    keys = dict.fromkeys(k for t in epoch_terms for k in t)  # a term may skip some batches
+    means = {k: float(np.mean([t[k] for t in epoch_terms if k in t])) for k in keys}
     mean_loss = means.pop("loss", float("nan"))
     path = runs.checkpoint_path(run_dir, index, epoch)
     meta = {

@@ -19,7 +19,11 @@ from torchvision.transforms import InterpolationMode, v2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-AUGMENTATIONS = ("none", "geometric", "geometric+color")
+AUGMENTATIONS = ("none", "geometric", "geometric+color", "mvfa_x11")
+EXPANDING = {"mvfa_x11": 11}
+"""Recipes that expand every record into a fixed set of variants (dataset length x n):
+``mvfa_x11`` is MVFA-AD's x11 support augmentation (aaclip.augment_x11), item i = variant
+i mod 11 of record i // 11."""
 
 # The released code stacks the normalised image and the mask into one 4-channel tensor and
 # rotates/translates it with torchvision's default interpolation, NEAREST, for both. We keep

@@ -153,10 +153,17 @@ def require_dir(dataset: str, root: Path, folder: Path, expected: str) -> None:
     )
 
 
-def check_missing(dataset: str, root: Path, expected: str, missing: Sequence[str]) -> None:
-    """Raise one :class:`LayoutError` listing every missing file, if there are any."""
+def check_missing(
+    dataset: str,
+    root: Path,
+    expected: str,
+    missing: Sequence[str],
+    limit: int | None = MAX_LISTED,
+) -> None:
+    """Raise one :class:`LayoutError` on missing files, naming ``limit`` (None: all) of them."""
     if missing:
-        raise LayoutError(dataset, root, expected, format_missing(list(missing)))
+        shown = len(missing) if limit is None else limit
+        raise LayoutError(dataset, root, expected, format_missing(list(missing), shown))
 
 
 def write_records(path: Path | str, records: Iterable[Record]) -> int:

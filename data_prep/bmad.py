@@ -67,15 +67,17 @@ def medical_split(
     split: str,
     class_name: str,
     mask_folders: Sequence[str] | None = MASK_FOLDERS,
+    files: str = "*.png",
 ) -> list[Record]:
     """Records of ``<split>/{good,Ungood}/img`` under ``root``.
 
     With ``mask_folders`` every anomalous image must have a mask of the same name (else the
     same stem) in the first existing ``<split>/Ungood/<folder>``; with ``None`` anomalous
-    records carry no ``mask_path`` (classification-only sets).
+    records carry no ``mask_path`` (classification-only sets). ``files`` only words the
+    expected layout in messages (any image suffix is read).
     """
     root = Path(root)
-    layout = f"{split}/{{{NORMAL},{ANOMALOUS}}}/img/*.png"
+    layout = f"{split}/{{{NORMAL},{ANOMALOUS}}}/img/{files}"
     records: list[Record] = []
     groups = ((NORMAL, 0), (ANOMALOUS, 1))
     for group, _ in groups:

@@ -7,10 +7,14 @@ and Histopathology are classification-only, so their anomalous records carry no
 ``mask_path``. ``class_name`` is the object name (``--class-name`` overrides it); the
 prompt names (``retinal OCT``, ``Chest X-ray film`` ...) are the model's business.
 
+Files are ``.png``, Retina_OCT2017's ``.jpeg``; masks pair with images by file name (the
+release swaps "img" for "anomaly_mask" in the path, or zips two sorted listings).
+
 The test records come from ``test``. With ``--shots SEED_DIR`` the MVFA few-shot seed files
-``SEED_DIR/<Obj>/<k>-shot.txt`` (or ``SEED_DIR/<k>-shot.txt``) are converted as well: the
-line ``a-0: f1 ... fk`` names anomalous images of ``valid/Ungood/img`` and ``n-0: ...``
-normal images of ``valid/good/img``; each file becomes ``<k>-shot.jsonl`` (in
+``SEED_DIR/<Obj>/<k>-shot.txt`` (or ``SEED_DIR/<k>-shot.txt``), k in :data:`SHOTS`, are
+converted as well: the line ``a-0: f1 ... fk`` names anomalous images of
+``valid/Ungood/img`` (masks in ``valid/Ungood/anomaly_mask``) and ``n-0: ...`` normal
+images of ``valid/good/img``, in either order; each file becomes ``<k>-shot.jsonl`` (in
 ``--shots-out``, default the folder of ``--out``).
 
 CLI: ``python -m data_prep.mvfa --root <Obj>_AD [--out OUT.jsonl] [--shots SEED_DIR]``.
@@ -46,9 +50,12 @@ PAPER_FOLDERS = {"Brain": "Brain", "Liver": "Liver", "Retina_RESC": "Retina"}
 SEGMENTATION = ("Brain", "Liver", "Retina_RESC")
 """Objects with pixel masks; the others are classification-only."""
 MASK_FOLDERS = ("anomaly_mask", "label")
+SHOTS = (1, 2, 4, 8, 16)
+"""k of the released seed files (``1-shot.txt``: ClipMPCAD only)."""
 LAYOUT = "<Obj>_AD/test/{good,Ungood}/img/*"
+VALID_LAYOUT = "<Obj>_AD/valid/{good,Ungood}/img"
 _SEED_LINE = re.compile(r"^\s*([an])\s*-\s*(\d+)\s*:(.*)$")
-_SEED_FILE = re.compile(r"^(\d+)-shot\.txt$")
+_SEED_FILE = re.compile(r"^(.*)-shot\.txt$")
 
 
 def dataset_name(obj: str) -> str:
@@ -83,13 +90,31 @@ def _masks(obj: str) -> tuple[str, ...] | None:
     return MASK_FOLDERS if obj in SEGMENTATION else None
 
 
+def image_suffix(obj: str) -> str:
+    """The released file suffix of an object's images: ``.jpeg`` for OCT2017, else ``.png``."""
+    return ".jpeg" if obj == "Retina_OCT2017" else ".png"
+
+
+def seed_shots(path: Path, dataset: str = "MVFA") -> int:
+    """k of a seed file named ``<k>-shot.txt``; another name or a k not in :data:`SHOTS`
+    raises one :class:`LayoutError` line naming the file."""
+    match = _SEED_FILE.match(Path(path).name)
+    k = match.group(1) if match else ""
+    if not (k.isdigit() and int(k) in SHOTS):
+        expected = "a seed file named <k>-shot.txt, k in " + ", ".join(map(str, SHOTS))
+        raise LayoutError(dataset, path, expected, f"'{Path(path).name}'")
+    return int(k)
+
+
 def convert(root: Path, obj: str | None = None, class_name: str | None = None) -> list[Record]:
     """Records of the ``test`` split of one MVFA set at ``root`` (an ``<Obj>_AD`` folder)."""
     root = Path(root)
     obj = resolve_obj(root, obj)
     dataset = dataset_name(obj)
     require_dir(dataset, root, root / "test", LAYOUT)
-    return medical_split(dataset, root, "test", class_name or obj, _masks(obj))
+    return medical_split(
+        dataset, root, "test", class_name or obj, _masks(obj), f"*{image_suffix(obj)}"
+    )
 
 
 def parse_seed_file(path: Path, dataset: str = "MVFA") -> dict[str, list[str]]:
@@ -118,15 +143,15 @@ def parse_seed_file(path: Path, dataset: str = "MVFA") -> dict[str, list[str]]:
 
 
 def seed_files(seed_dir: Path, obj: str) -> dict[int, Path]:
-    """``{k: path}`` of the ``<k>-shot.txt`` files in ``seed_dir/<obj>`` or ``seed_dir``."""
+    """``{k: path}`` of the ``<k>-shot.txt`` files in ``seed_dir/<obj>`` or ``seed_dir``;
+    a ``*-shot.txt`` file for a k not in :data:`SHOTS` is an error."""
     seed_dir = Path(seed_dir)
     folder = seed_dir / obj if (seed_dir / obj).is_dir() else seed_dir
     found: dict[int, Path] = {}
     if folder.is_dir():
-        for path in folder.iterdir():
-            match = _SEED_FILE.match(path.name)
-            if match and path.is_file():
-                found[int(match.group(1))] = path
+        for path in sorted(folder.iterdir()):
+            if _SEED_FILE.match(path.name) and path.is_file():
+                found[seed_shots(path, dataset_name(obj))] = path
     if not found:
         raise LayoutError(dataset_name(obj), seed_dir, f"{obj}/<k>-shot.txt seed files", "none")
     return dict(sorted(found.items()))
@@ -140,26 +165,32 @@ def shot_records(
     iterate: int = 0,
 ) -> list[Record]:
     """Records of one seed file: ``a-<iterate>`` anomalous and ``n-<iterate>`` normal
-    images of ``valid``, each list checked to hold k names (k from ``<k>-shot.txt``)."""
-    root = Path(root)
+    images of ``valid``, each list checked to hold k distinct names (k from the file name).
+
+    Every image (and, for the segmentation sets, mask) the file names but the tree lacks
+    is listed in one error line.
+    """
+    root, seed_file = Path(root), Path(seed_file)
     obj = resolve_obj(root, obj)
     dataset = dataset_name(obj)
     cls = class_name or obj
+    shots = seed_shots(seed_file, dataset)
+    require_dir(dataset, root, root / "valid", f"{VALID_LAYOUT} for the seed file {seed_file}")
     lists = parse_seed_file(seed_file, dataset)
-    match = _SEED_FILE.match(Path(seed_file).name)
-    shots = int(match.group(1)) if match else None
     records: list[Record] = []
     missing: list[str] = []
     for kind, group, label in (("a", ANOMALOUS, 1), ("n", NORMAL, 0)):
         key = f"{kind}-{iterate}"
         names = lists.get(key)
-        if not names or (shots is not None and len(names) != shots):
+        if not names or len(names) != shots:
             count = "no line" if names is None else f"{len(names)} names"
-            raise LayoutError(
-                dataset, seed_file, f"{shots or 'k'} names on the line '{key}:'", count
-            )
+            raise LayoutError(dataset, seed_file, f"{shots} names on the line '{key}:'", count)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            found = ", ".join(twice) + " more than once"
+            raise LayoutError(dataset, seed_file, f"distinct names on the line '{key}:'", found)
         folder = root / "valid" / group / "img"
-        require_dir(dataset, root, folder, "<Obj>_AD/valid/{good,Ungood}/img")
+        require_dir(dataset, root, folder, f"{VALID_LAYOUT} for the seed file {seed_file}")
         masks_dir = None
         if label == 1 and _masks(obj) is not None:
             masks_dir = mask_folder(dataset, root, "valid", MASK_FOLDERS)
@@ -180,7 +211,7 @@ def shot_records(
                     continue
                 mask_path = rel(mask, root)
             records.append(make_record(rel(image, root), label, cls, mask_path))
-    check_missing(dataset, root, f"every file named in {Path(seed_file).name}", missing)
+    check_missing(dataset, root, f"every file named in {seed_file}", missing, limit=None)
     return sort_records(records)
 
 

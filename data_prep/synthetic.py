@@ -16,7 +16,8 @@ Classes are split into disjoint train and test classes in two groups, industrial
 medical, so the zero-shot protocol (train on some classes, test on unseen ones) can run.
 The layout mirrors MVTec-AD (``<cls>/test/<good|defect>/NNN.png``, masks
 ``<cls>/ground_truth/<defect>/NNN_mask.png``); records are in the project's JSONL format.
-The same seed and size give byte-identical files.
+``mvfa/`` adds six tiny sets in MVFA-AD's medical layout with few-shot seed files
+(:mod:`data_prep.synthetic_mvfa`). The same seed and size give byte-identical files.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from PIL import Image, ImageDraw
 from aaclip.data import Record, read_records, write_records
 from aaclip.fileio import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds the MVFA sets under mvfa/
 N_NORMAL = 24  # per class
 N_ANOMALOUS = 24  # per class
 DEFECTS = ("paste", "noise", "scratch", "blob")
@@ -81,16 +82,23 @@ def _skimage_dir() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-def _load_source(name: str) -> Image.Image:
-    path = _skimage_dir() / SOURCES[name].file
+def load_photo(file: str, name: str, grey: bool = False) -> Image.Image:
+    """A bundled scikit-image photo as ``L`` (grey content, or ``grey``) or ``RGB``."""
+    path = _skimage_dir() / file
     if not path.is_file():
         raise FileNotFoundError(f"{path}: bundled scikit-image photo for class {name!r} missing")
     img = Image.open(path)
     img.load()
-    grey = img.mode in ("L", "I;16") or (
-        img.mode == "RGB" and np.ptp(np.asarray(img).astype(int), axis=-1).max() == 0
+    grey = (
+        grey
+        or img.mode in ("L", "I;16")
+        or (img.mode == "RGB" and np.ptp(np.asarray(img).astype(int), axis=-1).max() == 0)
     )
     return img.convert("L" if grey else "RGB")
+
+
+def _load_source(name: str) -> Image.Image:
+    return load_photo(SOURCES[name].file, name)
 
 
 # -- random shapes and noise ----------------------------------------------------------------
@@ -236,6 +244,12 @@ def _defect(
     return out, mask
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Atomic write without fsync (the files are regenerable), skipped when unchanged."""
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write(path, data, durable=False)
+
+
 def _to_png(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).save(buf, format="PNG")
@@ -266,7 +280,7 @@ def _build_class(
     records, written = [], set()
 
     def save(rel: str, a: np.ndarray) -> None:
-        atomic_write(out / rel, _to_png(a))
+        write_file(out / rel, _to_png(a))
         written.add(out / rel)
 
     for i in range(N_NORMAL):
@@ -299,6 +313,8 @@ def _build_class(
 
 def build(out: Path, seed: int = 0, size: int = 96) -> dict:
     """Build the dataset into ``out`` (idempotent, atomic per file); returns the summary."""
+    from data_prep.synthetic_mvfa import build_mvfa  # imports this module
+
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be in {MIN_SIZE}..{MAX_SIZE} px, got {size}")
     out = Path(out)
@@ -348,6 +364,7 @@ def build(out: Path, seed: int = 0, size: int = 96) -> dict:
         "counts": counts,
         "records": record_files,
         "total_images": sum(len(v) for v in by_class.values()),
+        "mvfa": build_mvfa(out, seed=seed, size=size),
     }
     text = json.dumps(summary, indent=2) + "\n"
     atomic_write(out / "dataset.json", text.encode())
@@ -421,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         f"built {summary['total_images']} images, {len(summary['domain'])} classes "
-        f"into {args.out} in {time.perf_counter() - t0:.1f} s"
+        f"and {len(summary['mvfa']['sets'])} MVFA sets into {args.out} "
+        f"in {time.perf_counter() - t0:.1f} s"
     )
     if not args.no_montage:
         print(f"montage: {montage(args.out, args.montage)}")

@@ -15,6 +15,7 @@ from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Sta
 from aaclip.methods.clip import ClipBaseline
 from aaclip.methods.dpclip import DPClip
 from aaclip.methods.iqeclip import IQEClip
+from aaclip.methods.mvfa import MVFA
 
 if TYPE_CHECKING:
     from aaclip.backbone import Backbone
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "clip": ClipBaseline,
     "aaclip": AAClip,
     "dpclip": DPClip,
+    "mvfa": MVFA,
     "iqeclip": IQEClip,
 }
 
@@ -73,6 +75,7 @@ __all__ = [
     "ClassContext",
     "ClipBaseline",
     "InputSpec",
+    "MVFA",
     "Method",
     "Prediction",
     "Stage",

@@ -291,6 +291,11 @@ def load_released(
         if path is None:
             continue
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(blob, dict) and {"seg_adapters", "det_adapters"} <= set(blob):
+            raise CheckpointMismatchError(
+                f"{path}: an MVFA-AD checkpoint (seg_adapters/det_adapters), not AA-CLIP; "
+                "use --method mvfa --released FILE"
+            )
         if not isinstance(blob, dict) or key not in blob:
             raise CheckpointMismatchError(f"{path}: no '{key}' entry; is this an AA-CLIP file?")
         own = module.state_dict()

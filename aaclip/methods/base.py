@@ -44,6 +44,7 @@ class Stage:
     milestones: tuple[int, ...] = ()  # MultiStepLR, in iterations; () = constant lr
     gamma: float = 0.5
     augment: str = "geometric"  # a recipe of aaclip.transforms.AUGMENTATIONS
+    one_class_per_batch: bool = False  # True: every batch holds images of one class only
 
 
 @dataclass
@@ -95,6 +96,10 @@ class Method(nn.Module):
     Config: ClassVar[type]  # dataclass: the `model` section of an ExperimentConfig
     PRESETS: ClassVar[dict[str, Callable[..., Any]]] = {}  # profile -> ExperimentConfig factory
     batch_independent: ClassVar[bool] = True  # False: a released quirk mixes a batch's images
+    needs_masks: ClassVar[bool] = True  # False: trains on classification-only sets too
+    published_name: ClassVar[str | None] = None  # `method` in results/published_results.csv
+    # Overrides a protocol grid (aaclip.medical) applies per mode: "zero_shot", "few_shot".
+    PROTOCOLS: ClassVar[dict[str, list[str]]] = {}
 
     adapters: nn.ModuleDict
 
@@ -149,6 +154,14 @@ class Method(nn.Module):
     def after_step(self, stage: Stage) -> None:
         """Called after each optimiser step (DP-CLIP: momentum prototype update)."""
 
+    def after_epoch(self, stage: Stage, dataset: Any) -> None:
+        """Called after each epoch, before its checkpoint, with the stage's training dataset
+        (MVFA: rebuilds the few-shot memory bank from the augmented normal supports)."""
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A GradScaler for fp16 training (None: plain backward and step)."""
+        return None
+
     def forward(self, stage: Stage, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """= loss(): lets DistributedDataParallel wrap a method."""
         return self.loss(stage, batch)
@@ -170,7 +183,9 @@ class Method(nn.Module):
         return ClassContext(class_name, dataset, domain, has_masks, anchors)
 
     def fit_memory(self, ctx: ClassContext, normal_images: torch.Tensor) -> ClassContext:
-        """Few-shot: fill ctx.memory from reference normal images. Zero-shot methods ignore it."""
+        """Few-shot: fill ctx.memory from reference normal images (N, 3, S, S) of the class,
+        prepared as `input_spec()` says (the pass loads them from `data.memory_records`).
+        Zero-shot methods ignore it."""
         return ctx
 
     def predict(self, images: torch.Tensor, ctx: ClassContext) -> Prediction:
@@ -220,6 +235,10 @@ class Method(nn.Module):
 
     def on_load(self) -> None:
         """Hook after trained weights were loaded (AA-CLIP: its text is now adapted)."""
+
+    def import_released(self, path: str) -> None:
+        """Load the authors' released checkpoint file (`aaclip import-released --released`)."""
+        raise ValueError(f"import-released: {self.name} has no importer for released files")
 
     def train(self, mode: bool = True) -> Method:
         """Train mode for the adapters only; the frozen backbone stays in eval mode."""
