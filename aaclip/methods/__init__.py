@@ -13,13 +13,19 @@ import torch
 from aaclip.methods.aaclip import AAClip
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.methods.clip import ClipBaseline
+from aaclip.methods.clipmpcad import ClipMPCAD
 from aaclip.methods.mvfa import MVFA
 
 if TYPE_CHECKING:
     from aaclip.backbone import Backbone
     from aaclip.config import ExperimentConfig
 
-METHODS: dict[str, type[Method]] = {"clip": ClipBaseline, "aaclip": AAClip, "mvfa": MVFA}
+METHODS: dict[str, type[Method]] = {
+    "clip": ClipBaseline,
+    "aaclip": AAClip,
+    "mvfa": MVFA,
+    "clipmpcad": ClipMPCAD,
+}
 
 
 class UnknownMethodError(ValueError):
@@ -66,6 +72,7 @@ __all__ = [
     "AAClip",
     "ClassContext",
     "ClipBaseline",
+    "ClipMPCAD",
     "InputSpec",
     "MVFA",
     "Method",
