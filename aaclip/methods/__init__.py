@@ -13,6 +13,7 @@ import torch
 from aaclip.methods.aaclip import AAClip
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.methods.clip import ClipBaseline
+from aaclip.methods.clipmpcad import ClipMPCAD
 from aaclip.methods.dpclip import DPClip
 from aaclip.methods.iqeclip import IQEClip
 from aaclip.methods.mvfa import MVFA
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "aaclip": AAClip,
     "dpclip": DPClip,
     "mvfa": MVFA,
+    "clipmpcad": ClipMPCAD,
     "iqeclip": IQEClip,
 }
 
@@ -74,6 +76,7 @@ __all__ = [
     "AAClip",
     "ClassContext",
     "ClipBaseline",
+    "ClipMPCAD",
     "InputSpec",
     "MVFA",
     "Method",
