@@ -123,8 +123,9 @@ class Method(nn.Module):
 
     @classmethod
     def ablations(cls, cfg: Any) -> dict[str, list[str]]:
-        """Named override lists, one per switch worth ablating (notebook 05), in order."""
-        return {}
+        """Named override lists, one per switch worth ablating (notebook 05), in order.
+        Default: the class's static `ABLATIONS` table, if it has one."""
+        return dict(getattr(cls, "ABLATIONS", {}))
 
     @classmethod
     def schedule(cls, cfg: Any) -> list[Stage]:
