@@ -19,9 +19,16 @@ training is `aaclip.train`, scoring `aaclip.evaluate`, metrics `aaclip.metrics`,
 experiment `aaclip.experiment.run`.
 """
 
-from aaclip.analysis import ablations, alignment, methods, notebook, plots, protocol
-from aaclip.analysis.ablations import (
+import warnings
+
+# tqdm.auto (the progress bars of train/evaluate, off in the notebooks) warns inside a kernel
+# without ipywidgets; nothing to act on, so it is not shown.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from aaclip.analysis import ablations, alignment, methods, notebook, plots, protocol  # noqa: E402
+from aaclip.analysis.ablations import (  # noqa: E402
     ABLATION_EPOCHS,
+    COMPONENT_PERCENT,
     COMPONENTS,
     VariantResult,
     VariantRunner,
@@ -38,7 +45,7 @@ from aaclip.analysis.ablations import (
     shots_grid,
     shots_table,
 )
-from aaclip.analysis.alignment import (
+from aaclip.analysis.alignment import (  # noqa: E402
     TEMPERATURES,
     anchor_comparison,
     anchor_cosines,
@@ -57,7 +64,7 @@ from aaclip.analysis.alignment import (
     text_similarity_matrix,
     tsne_embedding,
 )
-from aaclip.analysis.notebook import (
+from aaclip.analysis.notebook import (  # noqa: E402
     METRICS_SHOWN,
     QUICK_BANNER,
     QUICK_OVERRIDES,
@@ -84,7 +91,7 @@ from aaclip.analysis.notebook import (
     shots_label,
     with_method,
 )
-from aaclip.analysis.plots import (
+from aaclip.analysis.plots import (  # noqa: E402
     heatmaps,
     legend_below,
     legend_right,
@@ -93,7 +100,7 @@ from aaclip.analysis.plots import (
     shots_axis_order,
     tsne_panels,
 )
-from aaclip.analysis.protocol import (
+from aaclip.analysis.protocol import (  # noqa: E402
     adversarial_aupro_case,
     aupro_variants,
     aupro_wrong_200_thresholds,
@@ -101,10 +108,11 @@ from aaclip.analysis.protocol import (
     only_anomalous,
     pro_curve,
 )
-from aaclip.evaluate import eval_sets
+from aaclip.evaluate import eval_sets  # noqa: E402
 
 __all__ = [
-    "ABLATION_EPOCHS", "COMPONENTS", "METRICS_SHOWN", "QUICK_BANNER", "QUICK_OVERRIDES",
+    "ABLATION_EPOCHS", "COMPONENT_PERCENT", "COMPONENTS", "METRICS_SHOWN", "QUICK_BANNER",
+    "QUICK_OVERRIDES",
     "SMOKE_BANNER", "TEMPERATURES", "MissingInputsError", "Notebook", "VariantResult",
     "VariantRunner", "ablation_config", "ablation_table", "ablation_variants", "ablations",
     "adversarial_aupro_case", "alignment", "anchor_comparison", "anchor_cosines",

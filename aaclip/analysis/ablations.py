@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,21 +118,29 @@ def ablation_table(
 class VariantRunner:
     """Runs variants in named folders and reuses a result when two variants of a notebook
     have the same config (e.g. the '+ residual image adapter' row of Table 3 and the
-    'no_text_adaptation' switch), so nothing trains twice."""
+    'no_text_adaptation' switch), so nothing trains twice. `aliases`: (config, folder) of
+    runs that already exist under another name (the notebook's main run)."""
 
-    def __init__(self, run_dir, device: str | None = None, progress=None) -> None:
-        self.run_dir = run_dir  # name -> folder
+    def __init__(
+        self,
+        run_dir: Callable[[str], Path],
+        device: str | None = None,
+        progress: Callable[[str], None] | None = None,
+        aliases: Sequence[tuple[ExperimentConfig, Path]] = (),
+    ) -> None:
+        self.run_dir = run_dir  # folder name -> path
         self.device = device
         self.progress = progress or (lambda message: None)
+        self.aliases = {c.to_json(): Path(p) for c, p in aliases}
         self._done: dict[str, VariantResult] = {}
 
-    def __call__(self, name: str, cfg: ExperimentConfig, overrides: list[str],
-                 folder: str | None = None) -> VariantResult:  # fmt: skip
+    def __call__(
+        self, name: str, cfg: ExperimentConfig, overrides: list[str], folder: str | None = None
+    ) -> VariantResult:
         key = apply_overrides(cfg, overrides).to_json()
         if key in self._done:
-            done = self._done[key]
-            return dataclasses.replace(done, name=name, overrides=overrides)
-        where = self.run_dir(folder or name)
+            return dataclasses.replace(self._done[key], name=name, overrides=overrides)
+        where = self.aliases.get(key) or self.run_dir(folder or name)
         self.progress(f"{name}: {' '.join(overrides) or '(default)'} -> {where.name}")
         result = run_variant(name, cfg, overrides, where, self.device)
         self._done[key] = result
@@ -161,14 +169,17 @@ def component_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentCo
     return base
 
 
-def run_components(runner: VariantRunner, base: ExperimentConfig) -> list[VariantResult]:
-    """Train and evaluate every row of Table 3 ('CLIP' is evaluated without training)."""
+def run_components(
+    runner: VariantRunner, base: ExperimentConfig, default_folder: str = "ablation_default"
+) -> list[VariantResult]:
+    """Train and evaluate every row of Table 3 ('CLIP' is evaluated without training); the
+    full model's run is `default_folder` (shared with the ablations when configs agree)."""
     out = []
     for row, overrides in COMPONENTS.items():
         if overrides is None:
             out.append(runner(row, switch_method(base, "clip"), [], folder="clip"))
         else:
-            folder = "ablation_default" if not overrides else f"component_{_slug(row)}"
+            folder = default_folder if not overrides else f"component_{_slug(row)}"
             out.append(runner(row, base, overrides, folder=folder))
     return out
 
@@ -209,10 +220,15 @@ def component_table(results: Sequence[VariantResult], published: pd.DataFrame) -
     wide, _ = ablation_table(results, default=results[-1].name)
     wide = wide.rename(columns={"variant": "row"})[["row", "overrides", "image_auroc",
                                                       "pixel_auroc"]]  # fmt: skip
+    wide.loc[wide.row == "CLIP", "overrides"] = "method clip (frozen CLIP, no training)"
+    wide.loc[wide.row == "+ disentangle loss", "overrides"] = "(the full model: released default)"
     for metric in ("image_auroc", "pixel_auroc"):
         pub = published[published.metric == metric].set_index("row")["published"]
         wide[f"published_{metric}"] = wide.row.map(pub).astype(float) / 100.0
     return wide
+
+
+COMPONENT_PERCENT = ["image_auroc", "pixel_auroc", "published_image_auroc", "published_pixel_auroc"]
 
 
 # --------------------------------------------------------------------------- Fig. 4

@@ -245,9 +245,9 @@ def temperature_errors(
     """How a lower softmax temperature turns a small similarity error into a confident one.
 
     p(abnormal) = softmax((cos_n, cos_a) / tau)[1]. Per temperature and image group
-    (normal, anomalous, all): the mean probability given to the wrong state, the mean
-    cross-entropy -log p(true state), and the share of images on the wrong side
-    (cos_a > cos_n for a normal image, or the reverse; independent of tau).
+    (normal, anomalous, all, and the images on the wrong side: cos_a > cos_n for a normal
+    image, or the reverse; independent of tau): the share on the wrong side, the mean
+    probability given to the wrong state and the mean cross-entropy -log p(true state).
     """
     margin = (sims.sim_abnormal - sims.sim_normal).to_numpy()
     label = sims.label.to_numpy()
@@ -261,7 +261,10 @@ def temperature_errors(
             ("normal images", label == 0),
             ("anomalous images", label == 1),
             ("all images", np.ones_like(label, bool)),
+            ("wrong-side images", sign * margin < 0),
         ):
+            if not keep.any():
+                continue
             rows.append(
                 {
                     "temperature": tau,
@@ -280,11 +283,16 @@ def temperature_errors(
 
 @torch.no_grad()
 def text_similarity_matrix(
-    model: torch.nn.Module, names: Sequence[str], dataset: str | None, adapted: bool
+    model: torch.nn.Module, classes: Sequence[tuple[str | None, str]], adapted: bool
 ) -> pd.DataFrame:
-    """cos between the anchors of `names`: rows and columns are every class's normal anchor,
-    then every class's abnormal anchor (labels 'class · N' / 'class · A')."""
-    anchors = _anchors(model, list(names), dataset, adapted)
+    """cos between the anchors of `classes` ((dataset, class name) pairs): rows and columns
+    are every class's normal anchor, then every class's abnormal anchor ('class · N' /
+    'class · A')."""
+    anchors: dict[str, torch.Tensor] = {}
+    for dataset in dict.fromkeys(d for d, _ in classes):
+        names = [n for d, n in classes if d == dataset]
+        anchors.update(_anchors(model, names, dataset, adapted))
+    names = [n for _, n in classes]
     vectors = [anchors[n][:, 0] for n in names] + [anchors[n][:, 1] for n in names]
     labels = [f"{n} · N" for n in names] + [f"{n} · A" for n in names]
     m = torch.stack(vectors).float()

@@ -109,7 +109,11 @@ def plan(nb: Notebook, methods: Sequence[str] | None = None) -> list[Plan]:
             out.append(Plan(m, None, f"no {nb.profile!r} preset"))
             continue
         own = profile_config(nb.profile, _data_root(nb), nb.root, m)
-        shared = set(nb.cfg.data.test_records) <= set(own.data.test_records)
+        ours = {
+            p.removesuffix(".quick.jsonl").removesuffix(".jsonl") for p in nb.cfg.data.test_records
+        }
+        theirs = {p.removesuffix(".jsonl") for p in own.data.test_records}
+        shared = ours <= theirs
         if not shared or own.data.train_records != nb.cfg.data.train_records:
             names = ", ".join(own.data.test_datasets)
             out.append(
@@ -123,6 +127,11 @@ def plan(nb: Notebook, methods: Sequence[str] | None = None) -> list[Plan]:
             continue
         out.append(Plan(m, nb.config(m)))
     return out
+
+
+def _stem(records_file: str) -> str:
+    """A records file without its suffix (quick mode's cut `.quick.jsonl` as the original)."""
+    return records_file.removesuffix(".jsonl").removesuffix(".quick")
 
 
 def _data_root(nb: Notebook) -> str:

@@ -28,9 +28,11 @@ from aaclip.results import format_number, write_table
 SMOKE_BANNER = (
     "SMOKE PROFILE — tiny random CLIP on synthetic data; proves the pipeline, not the paper"
 )
-QUICK_BANNER = "QUICK MODE — fewer epochs and 8-shot training (test run)"
-# Quick mode (tests, nbval): 2 + 2 epochs on 8 images per training class.
+QUICK_BANNER = "QUICK MODE — fewer epochs, 8-shot training, 8 test images per class (test run)"
+# Quick mode (tests, nbval): 2 + 2 epochs on 8 images per training class, and each test
+# class cut to its first QUICK_TEST_IMAGES normal and as many anomalous images.
 QUICK_OVERRIDES = ("train.max_epochs=2", "train.shots=8")
+QUICK_TEST_IMAGES = 4
 METRICS_SHOWN = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro")
 ROOT_ENV = "AACLIP_ROOT"  # where relative notebook paths resolve (tests: a scratch folder)
 QUICK_ENV = "AACLIP_QUICK"  # "1": the parameters cell defaults to quick mode (nbval)
@@ -64,9 +66,9 @@ def repo_root(start: str | Path | None = None) -> Path:
 
 
 def resolve_path(path: str | Path, root: Path) -> Path:
-    """`path` as is when absolute, else relative to the project root."""
+    """`path` resolved (symlinks followed), relative to the project root unless absolute."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else (root / p).resolve()
+    return (p if p.is_absolute() else root / p).resolve()
 
 
 # --------------------------------------------------------------------------- configs
@@ -186,15 +188,18 @@ def paper_differences(cfg: ExperimentConfig) -> list[tuple[str, Any, Any]]:
     return rows
 
 
-def _short(v: Any) -> str:
+_NONE = {"train.shots": "full", "train.max_epochs": "as scheduled", "eval.epoch": "last"}
+
+
+def _short(key: str, v: Any) -> str:
     if isinstance(v, tuple | list):
         return "[" + ", ".join(map(str, v)) + "]" if len(v) <= 4 else f"[{len(v)} items]"
-    return "null" if v is None else str(v)
+    return _NONE.get(key, "none") if v is None else str(v)
 
 
 def differences_text(cfg: ExperimentConfig, extra: Iterable[str] = ()) -> str:
     """'Differs from the paper: a=1 (paper: 2); …' or '' when nothing differs."""
-    parts = [f"{k}={_short(v)} (paper: {_short(p)})" for k, v, p in paper_differences(cfg)]
+    parts = [f"{k}={_short(k, v)} (paper: {_short(k, p)})" for k, v, p in paper_differences(cfg)]
     parts += list(extra)
     return ("Differs from the paper: " + "; ".join(parts)) if parts else ""
 
@@ -218,6 +223,7 @@ class Notebook:
     method: str = "aaclip"
     shots: int | None = None
     epochs: int | None = None
+    outputs: list[dict[str, str]] = field(default_factory=list)  # for results/REPORT.md
 
     @property
     def smoke(self) -> bool:
@@ -279,26 +285,35 @@ class Notebook:
     def table_stem(self, name: str) -> Path:
         return self.results_dir / "tables" / f"{self.name}_{name}"
 
+    def describe(self, path: Path, what: str, paper: str = "") -> None:
+        """Record one line on what an output shows (and the paper figure/table it is), for
+        results/REPORT.md; the latest line of a path wins."""
+        rel = self.rel(path)
+        self.outputs = [o for o in self.outputs if o["path"] != rel]
+        self.outputs.append({"path": rel, "what": what, "paper": paper})
+
     def save_figure(
         self,
         fig: Figure,
         name: str,
         cfg: ExperimentConfig | None | bool = True,
         extra: Iterable[str] = (),
+        what: str = "",
+        paper: str = "",
     ) -> Path:
         """Save as PNG (no software/date metadata, so reruns give the same bytes). A footer
         names where the settings of `cfg` (True: the notebook's; None: none) differ from the
-        paper's, plus `extra`."""
+        paper's, plus `extra`. `what` (one line) and `paper` go to results/REPORT.md."""
         cfg = self.cfg if cfg is True else cfg
         diff = differences_text(cfg, extra) if cfg else "; ".join(extra)
         if diff:
-            wrapped = textwrap.fill(diff, width=int(fig.get_figwidth() * 15))
-            fig.text(0.01, 0.0, wrapped, ha="left", va="top", fontsize=6.5, color="0.35")
+            footer(fig, diff)
         path = self.figure_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
         path.write_bytes(buf.getvalue())
+        self.describe(path, what, paper)
         return path
 
     def write_table(
@@ -309,11 +324,15 @@ class Notebook:
         extra: Iterable[str] = (),
         percent: Sequence[str] | None = None,
         digits: int = 2,
+        what: str = "",
+        paper: str = "",
     ) -> Path:
-        """CSV + markdown (with the note for `cfg`); returns the markdown path."""
+        """CSV + markdown (with the note for `cfg`); returns the markdown path. `what` (one
+        line) and `paper` go to results/REPORT.md."""
         cfg = self.cfg if cfg is True else cfg
         stem = self.table_stem(name)
         write_table(df, stem, note=self.note_for(cfg, extra), digits=digits, percent=percent)
+        self.describe(stem.with_suffix(".md"), what, paper)
         return stem.with_suffix(".md")
 
     def rel(self, path: Path) -> str:
@@ -337,10 +356,31 @@ class Notebook:
             "profile": self.profile,
             "quick": self.quick,
             "key_numbers": key_numbers,
+            "outputs": self.outputs,
             **numbers,
         }
         path.write_text(json.dumps(jsonable(doc), indent=2, sort_keys=False) + "\n")
         return path
+
+
+def footer(fig: Figure, text: str) -> None:
+    """`text` in small grey print below everything already drawn (legends and tick labels
+    outside the axes included), so it never overlaps them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    box = fig.get_tightbbox(renderer)  # inches
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    wrapped = textwrap.fill(text, width=max(60, int(box.width * 16)))
+    fig.text(
+        box.x0 / width, box.y0 / height - 0.02, wrapped, ha="left", va="top",
+        fontsize=6.5, color="0.35",
+    )  # fmt: skip
+    if fig.get_layout_engine() is not None:
+        fig.set_layout_engine("none")  # keep the axes where they were drawn
 
 
 def _method_config(nb: Notebook, method: str) -> ExperimentConfig:
@@ -348,13 +388,37 @@ def _method_config(nb: Notebook, method: str) -> ExperimentConfig:
     the notebook's shots / epochs / quick settings."""
     cfg = profile_config(nb.profile, _data_root_of(nb.cfg), nb.root, method)
     cfg = select_targets(cfg, list(nb.cfg.data.test_datasets))
-    return apply_overrides(cfg, _run_overrides(nb.shots, nb.epochs, nb.quick, nb.seeds[0]))
+    cfg = apply_overrides(cfg, _run_overrides(nb.shots, nb.epochs, nb.quick, nb.seeds[0]))
+    return quick_test_records(cfg) if nb.quick else cfg
 
 
 def _data_root_of(cfg: ExperimentConfig) -> str:
     """The data root a resolved config was made from (the folder above the records)."""
     first = Path(cfg.data.test_records[0])
     return str(first.parent if cfg.profile == "smoke" else first.parent.parent)
+
+
+def quick_test_records(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Quick mode: each test set cut to the first QUICK_TEST_IMAGES normal and anomalous
+    images per class, written beside the original (`<name>.quick.jsonl`, same paths)."""
+    files = []
+    for path in map(Path, cfg.data.test_records):
+        if path.name.endswith(".quick.jsonl"):
+            files.append(str(path))
+            continue
+        records = data.read_records(path)
+        kept, count = [], {}
+        for r in records:
+            key = (r.class_name, r.label)
+            if count.get(key, 0) < QUICK_TEST_IMAGES:
+                kept.append(r)
+                count[key] = count.get(key, 0) + 1
+        out = path.with_name(path.name.removesuffix(".jsonl") + ".quick.jsonl")
+        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in kept)
+        if not (out.is_file() and out.read_text() == text):
+            data.write_records(out, kept)
+        files.append(str(out))
+    return apply_overrides(cfg, [f"data.test_records={json.dumps(files)}"])
 
 
 def _run_overrides(shots: int | None, epochs: int | None, quick: bool, seed: int) -> list[str]:
@@ -405,10 +469,12 @@ def setup(
 
     Paths are relative to the repo root (found from the working directory, or
     $AACLIP_ROOT), so a notebook runs the same from the root (papermill --cwd .) and from
-    notebooks/ (interactive). Under `smoke` the embedded dataset is built if it is missing
+    notebooks/ (interactive). $AACLIP_QUICK=1 turns quick mode on (nbval runs the committed
+    notebooks that way). Under `smoke` the embedded dataset is built if it is missing
     or older than the builder (seconds, no download).
     """
     root = repo_root()
+    quick = quick or os.environ.get(QUICK_ENV) == "1"
     seeds = list(seeds) if seeds else [111]
     cfg = profile_config(profile, data_root, root, method)
     cfg = select_targets(cfg, targets)
@@ -416,6 +482,8 @@ def setup(
     if profile == "smoke":
         ensure_synthetic(Path(resolve_path(data_root, root)))
     require_inputs(cfg)
+    if quick:
+        cfg = quick_test_records(cfg)
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
