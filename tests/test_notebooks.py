@@ -409,6 +409,26 @@ def test_07_all_methods(workspace):
     assert {"Fig. 5", "all-methods table"} <= {o["paper"] for o in s["outputs"]}
 
 
+def test_report_links_every_paper_figure_and_table(workspace):
+    """results/REPORT.md (written by `make reproduce`): the paper's figures and tables first,
+    then every output of every notebook, one line each; every link resolves."""
+    import re
+
+    from aaclip.reproduce import write_report
+
+    report = write_report(workspace["results"]).read_text()
+    paper = report.split("## 01_anomaly_unawareness")[0]
+    for item in ("Fig. 1 top", "Fig. 1 bottom", "Fig. 2", "Table 3", "Fig. 4", "Fig. 5",
+                 "all-methods table"):  # fmt: skip
+        assert f"| {item} |" in paper, item
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert len(links) > 30
+    missing = [link for link in links if not (workspace["results"] / link).is_file()]
+    assert not missing, missing
+    for stem in STEMS:
+        assert f"## {stem}" in report and f"{stem} — key numbers (smoke, quick)" in report
+
+
 def test_nbval_on_the_committed_notebooks(workspace):
     """nbval runs the committed notebooks as they are (AACLIP_QUICK=1, the workspace as the
     root, reusing the runs trained above) and compares each checked summary cell with the

@@ -18,8 +18,8 @@ from aaclip.config import ExperimentConfig, apply_overrides, switch_method
 
 # Variant runs under smoke train fewer epochs than the main run (quick mode: 1 per stage).
 ABLATION_EPOCHS = {
-    "aaclip": ("model.stage1_epochs=2", "model.stage2_epochs=5"),
-    "other": ("train.max_epochs=5",),
+    "aaclip": ("model.stage1_epochs=1", "model.stage2_epochs=4"),
+    "other": ("train.max_epochs=4",),
     "quick": ("train.max_epochs=1",),
 }
 

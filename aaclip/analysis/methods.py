@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -135,8 +136,6 @@ def _stem(records_file: str) -> str:
 
 
 def _data_root(nb: Notebook) -> str:
-    from pathlib import Path
-
     first = Path(nb.cfg.data.test_records[0])
     return str(first.parent if nb.smoke else first.parent.parent)
 
@@ -290,18 +289,24 @@ def method_predictions(
 
 # --------------------------------------------------------------------------- MVFA protocol
 
-# Where a generic MVFA medical-protocol runner may live once it lands on main; the notebook
-# picks up the first that exists (none: the section says so and runs nothing).
+# Where a generic MVFA medical-protocol runner may live; the notebook picks up the first that
+# exists (none: the section says so and runs nothing).
 MVFA_PROTOCOL_CANDIDATES = (
-    ("aaclip.protocols", "mvfa_protocol"),
-    ("aaclip.protocols", "mvfa_grid"),
     ("aaclip.medical", "run_grid"),
-    ("aaclip.medical", "mvfa_protocol"),
+    ("aaclip.protocols", "mvfa_grid"),
+    ("aaclip.protocols", "run_grid"),
 )
+# The part of the grid notebook 07 runs: the paper's columns are k = 0 (leave-one-out) and
+# k = 4; the smoke run keeps to k = 4 and quick mode to two sets (one with masks).
+MVFA_GRID = {
+    "paper": {"shots": (0, 4), "sets": None},
+    "smoke": {"shots": (4,), "sets": None},
+    "quick": {"shots": (4,), "sets": ("Brain", "Chest")},
+}
 
 
 def mvfa_protocol() -> Callable[..., Any] | None:
-    """The generic MVFA medical-protocol function, if the package has one yet."""
+    """The generic MVFA medical-protocol runner, if the package has one yet."""
     for module, attr in MVFA_PROTOCOL_CANDIDATES:
         try:
             fn = getattr(importlib.import_module(module), attr, None)
@@ -310,3 +315,39 @@ def mvfa_protocol() -> Callable[..., Any] | None:
         if callable(fn):
             return fn
     return None
+
+
+def mvfa_methods() -> list[str]:
+    """Registered methods the MVFA protocol applies to (they declare `PROTOCOLS`)."""
+    from aaclip.methods import list_methods, method_class
+
+    return [m for m in list_methods() if getattr(method_class(m), "PROTOCOLS", None)]
+
+
+def run_mvfa_protocol(
+    nb: Notebook, runner: Callable[..., Any], methods: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The MVFA grid (`MVFA_GRID` of the profile) for every method it applies to, through
+    the package's runner; run folders under the notebook's runs, one long table back."""
+    grid = MVFA_GRID["quick" if nb.quick else ("smoke" if nb.smoke else "paper")]
+    root = Path(_data_root(nb))
+    data_root = root / "mvfa" if nb.smoke else root
+    parts = []
+    for m in methods or mvfa_methods():
+        result = runner(
+            m,
+            shots=grid["shots"],
+            profile=nb.profile,
+            out_dir=nb.run_dir(f"mvfa_protocol-{m}"),
+            data_root=data_root,
+            sets=grid["sets"],
+            overrides=[f"train.seed={nb.seeds[0]}"]
+            + ([f"train.max_epochs={nb.epochs}"] if nb.epochs else [])
+            + (["train.max_epochs=2"] if nb.quick else []),
+            device=nb.device,
+            progress=False,
+        )
+        long = result.long.copy()
+        long["method"] = published_name(m)
+        parts.append(long)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

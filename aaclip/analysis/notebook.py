@@ -503,7 +503,7 @@ def setup(
     )
 
 
-def ensure_synthetic(folder: Path) -> bool:
+def ensure_synthetic(folder: Path, verbose: bool = True) -> bool:
     """Build the embedded dataset into `folder` when it is missing or was built by an older
     builder (its `format_version`); True when it was built now."""
     from data_prep import synthetic
@@ -513,7 +513,8 @@ def ensure_synthetic(folder: Path) -> bool:
         version = json.loads(info.read_text()).get("format_version")
         if version == synthetic.FORMAT_VERSION:
             return False
-    print(f"building the embedded synthetic dataset into {folder}")
+    if verbose:
+        print(f"building the embedded synthetic dataset into {folder}")
     synthetic.build(folder, seed=0)
     return True
 
