@@ -188,35 +188,34 @@ def long_table(method_runs: Sequence[MethodRun]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def mean_std(values: pd.Series, digits: int = 1) -> str:
-    """'66.2' for one value, '66.2 ± 1.3' (sample std) for several; percent; '–' if none."""
-    v = values.dropna()
-    if v.empty:
+def cell(mean: float, std: float, n: int, digits: int = 1) -> str:
+    """'66.2' for one seed, '66.2 ± 1.3' (sample std) for several; percent; '–' if none."""
+    if pd.isna(mean):
         return "–"
-    text = format_number(v.mean(), digits, 100.0)
-    return text if len(v) == 1 else f"{text} ± {format_number(v.std(ddof=1), digits, 100.0)}"
+    text = format_number(mean, digits, 100.0)
+    return text if n <= 1 or pd.isna(std) else f"{text} ± {format_number(std, digits, 100.0)}"
 
 
 def comparison_table(long: pd.DataFrame, metrics: Sequence[str] = METRICS_SHOWN) -> pd.DataFrame:
     """One row per test set and metric, one column per method: percent, mean ± std over
-    seeds, '–' where a method does not report a metric. Ends with the mean over the sets."""
-    rows = []
-    datasets = list(dict.fromkeys(long.dataset))
+    seeds (`results.mean_std`), '–' where a method does not report a metric. Ends with the
+    mean over the test sets (per seed, then over seeds)."""
+    metrics = [m for m in metrics if m in long]
+    per_seed = long.melt(id_vars=["method", "seed", "dataset"], value_vars=metrics,
+                         var_name="metric")  # fmt: skip
+    overall = (
+        per_seed.groupby(["method", "seed", "metric"], sort=False)["value"].mean().reset_index()
+    )
+    overall.insert(2, "dataset", "mean over test sets")
+    stats = results.mean_std(pd.concat([per_seed, overall]), ["dataset", "metric", "method"])
+    stats["cell"] = [cell(r.mean, r.std, r.n) for r in stats.itertuples()]
+    wide = stats.pivot(index=["dataset", "metric"], columns="method", values="cell")
+    sets = [*dict.fromkeys(long.dataset), "mean over test sets"]
+    order = pd.DataFrame([(d, m) for d in sets for m in metrics], columns=["dataset", "metric"])
+    wide = order.merge(wide.reset_index(), on=["dataset", "metric"], how="left")
     methods = list(dict.fromkeys(long.method))
-    for dataset in [*datasets, "mean over test sets"]:
-        for metric in metrics:
-            if metric not in long:
-                continue
-            row = {"test set": dataset, "metric": metric}
-            for m in methods:
-                part = long[long.method == m]
-                if dataset == "mean over test sets":
-                    values = part.groupby("seed")[metric].mean()
-                else:
-                    values = part[part.dataset == dataset][metric]
-                row[m] = mean_std(values)
-            rows.append(row)
-    return pd.DataFrame(rows)
+    wide = wide.rename(columns={"dataset": "test set"})[["test set", "metric", *methods]]
+    return wide.fillna("–").reset_index(drop=True)
 
 
 def beside_published(method_runs: Sequence[MethodRun]) -> pd.DataFrame:
