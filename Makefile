@@ -9,7 +9,7 @@ RESULTS ?= results
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: reproduce test lint dataset notebooks lock clean-venv
+.PHONY: reproduce test lint dataset notebooks nbval lock clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo ">> creating $(VENV) and installing the pinned stack (about 2 minutes, once)"
@@ -21,10 +21,12 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 ## reproduce: build the embedded dataset, run every notebook with papermill, regenerate results/
+##            (tables, figures, summaries, REPORT.md; executed notebooks and runs/ are untracked)
 reproduce: $(STAMP)
 	$(BIN)/python -m aaclip.reproduce --profile $(PROFILE) --data $(DATA) --results $(RESULTS)
 
-## test: lint, then the whole test suite (unit, integration, notebooks)
+## test: lint, then the whole test suite (unit, integration, notebooks: papermill batch runs,
+##       then nbval over the committed notebooks, smoke in quick mode)
 test: $(STAMP)
 	$(BIN)/ruff check aaclip data_prep tests
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests ; rc=$$?; \
@@ -32,6 +34,17 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check aaclip data_prep tests
+
+## notebooks: store the outputs nbval compares (each notebook's summary cell, smoke quick)
+notebooks: $(STAMP)
+	$(BIN)/python -m aaclip.reproduce --store-outputs
+
+## nbval: only nbval over the committed notebooks (smoke quick, in a scratch folder)
+nbval: $(STAMP)
+	@d=$$(mktemp -d); AACLIP_ROOT=$$d AACLIP_QUICK=1 OMP_NUM_THREADS=1 \
+	  PYDEVD_DISABLE_FILE_VALIDATION=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/*.ipynb; \
+	  rc=$$?; rm -rf $$d; exit $$rc
 
 ## dataset: only build the embedded synthetic dataset
 dataset: $(STAMP)

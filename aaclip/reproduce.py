@@ -1,7 +1,13 @@
 """`make reproduce`: build the data the profile needs, then run every notebook with papermill.
 
-Executed notebooks go to `results/executed/`, tables to `results/tables/`, figures to
-`results/figures/`, and each notebook's key numbers to `results/summaries/<name>.json`.
+Executed notebooks go to `results/executed/` (not tracked), tables to `results/tables/`,
+figures to `results/figures/`, each notebook's key numbers to `results/summaries/<name>.json`
+and an index of every table and figure to `results/REPORT.md`. While a notebook runs, its
+progress lines (`▸ …`) are shown; after it, its key numbers.
+
+`--store-outputs` (`make notebooks`) instead executes the committed notebooks the way nbval
+does (smoke, quick mode, a scratch folder) and stores the outputs of their checked summary
+cells in the committed files, which is what `make test` compares against.
 """
 
 from __future__ import annotations
@@ -10,11 +16,17 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+CHECK = "# NBVAL_CHECK_OUTPUT"  # first line of a cell whose output nbval compares
+# The kernel's own start-up/shutdown log lines (plain-TCP notice, interrupt at shutdown) are
+# not about the notebook; cell output, warnings and errors still land in the executed file.
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
+KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg"}
 
 
 def notebooks() -> list[Path]:
@@ -26,16 +38,45 @@ def ensure_data(profile: str, data: Path, results: Path) -> None:
     """Build the embedded synthetic dataset for the smoke profile (if needed) and its montage."""
     if profile != "smoke":
         return
-    from data_prep.synthetic import build, montage
+    from aaclip.analysis import ensure_synthetic
+    from data_prep.synthetic import montage
 
     target = data / "synthetic"
-    if (target / "dataset.json").is_file():
-        print(f">> embedded dataset present: {target}")
-    else:
-        t0 = time.time()
-        build(target, seed=0)
+    t0 = time.time()
+    if ensure_synthetic(target, verbose=False):
         print(f">> built the embedded dataset in {time.time() - t0:.1f} s: {target}")
+    else:
+        print(f">> embedded dataset present: {target}")
     print(f">> montage: {montage(target, results / 'figures' / 'synthetic_montage.png')}")
+
+
+class Progress:
+    """A file-like sink for a kernel's stdout: shows the `▸` progress lines, indented."""
+
+    def __init__(self, out=sys.stdout) -> None:
+        self.out = out
+        self.buffer = ""
+
+    def write(self, text: str) -> int:
+        from aaclip.analysis.notebook import PROGRESS
+
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            if line.startswith(PROGRESS):
+                self.out.write(f"   {line}\n")
+                self.out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def key_numbers(summary_file: Path) -> str:
+    from aaclip.analysis import key_numbers_text
+
+    s = json.loads(summary_file.read_text())
+    return key_numbers_text(s["notebook"], s["profile"], s["quick"], s.get("key_numbers", {}))
 
 
 def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | None) -> int:
@@ -43,6 +84,7 @@ def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | N
 
     if profile == "smoke":
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add overhead
+    os.environ.update(KERNEL_ENV)
     ensure_data(profile, data, results)
     executed = results / "executed"
     executed.mkdir(parents=True, exist_ok=True)
@@ -66,12 +108,116 @@ def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | N
             cwd=str(ROOT),
             kernel_name="python3",
             progress_bar=False,
+            stdout_file=Progress(),
+            extra_arguments=KERNEL_ARGS,
         )
         print(f"   done in {time.time() - t0:.0f} s", flush=True)
+        summary = results / "summaries" / f"{nb.stem}.json"
+        if summary.is_file():
+            print("\n".join("   " + line for line in key_numbers(summary).splitlines()))
+    if not only:
+        print(f">> report: {write_report(results)}")
     print(f">> all {len(selected)} notebooks in {time.time() - t_all:.0f} s; outputs in {results}/")
-    for summary in sorted((results / "summaries").glob("*.json")):
-        print(f"   {summary.name}: {json.dumps(json.loads(summary.read_text()))[:160]}")
     return 0
+
+
+# --------------------------------------------------------------------------- REPORT.md
+
+
+def write_report(results: Path) -> Path:
+    """results/REPORT.md: every table and figure the notebooks wrote, one line each, the
+    paper's figures and tables first; regenerated by every full `make reproduce`."""
+    from aaclip.fileio import atomic_write_text
+
+    summaries = [json.loads(p.read_text()) for p in sorted((results / "summaries").glob("*.json"))]
+    profiles = sorted({s["profile"] for s in summaries})
+    lines = [
+        "# Results",
+        "",
+        "Written by `make reproduce` (`python -m aaclip.reproduce`) from the notebooks' outputs;",
+        f"profile: {', '.join(profiles)}. Every table and figure names where its settings differ",
+        "from the paper's. Under `smoke` (a tiny random CLIP on the embedded synthetic set) the",
+        "numbers prove the pipeline runs, not the paper's claims.",
+        "",
+        "## The paper's figures and tables",
+        "",
+        "| paper | file | what it shows |",
+        "| --- | --- | --- |",
+    ]
+    order = ["Fig. 1 top", "Fig. 1 bottom", "Fig. 2", "zero-shot tables", "Table 3", "Fig. 4",
+             "Fig. 5", "all-methods table", "MVFA medical protocol"]  # fmt: skip
+    outputs = [(s["notebook"], o) for s in summaries for o in s.get("outputs", [])]
+    paper = [x for x in outputs if x[1].get("paper")]
+    paper.sort(key=lambda x: order.index(x[1]["paper"]) if x[1]["paper"] in order else 99)
+    for _, o in paper:
+        lines.append(f"| {o['paper']} | [{o['path']}]({o['path']}) | {o['what']} |")
+    montage = results / "figures" / "synthetic_montage.png"
+    for s in summaries:
+        lines += ["", f"## {s['notebook']}", "", "```", key_numbers_text_of(s), "```", ""]
+        for o in s.get("outputs", []):
+            lines.append(f"- [{o['path']}]({o['path']}): {o['what']}")
+    if montage.is_file():
+        lines += ["", "## The embedded dataset", "",
+                  "- [figures/synthetic_montage.png](figures/synthetic_montage.png): sample "
+                  "images of every synthetic class, ground-truth masks outlined"]  # fmt: skip
+    path = results / "REPORT.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def key_numbers_text_of(s: dict) -> str:
+    from aaclip.analysis import key_numbers_text
+
+    return key_numbers_text(s["notebook"], s["profile"], s["quick"], s.get("key_numbers", {}))
+
+
+# --------------------------------------------------------------------------- nbval outputs
+
+
+def is_checked(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK)
+
+
+def store_outputs(only: list[str] | None = None) -> int:
+    """Execute the committed notebooks as nbval does (AACLIP_QUICK=1, a scratch root) and
+    keep only the outputs of their checked cells in the committed files."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    selected = [nb for nb in notebooks() if not only or any(o in nb.stem for o in only)]
+    with tempfile.TemporaryDirectory(prefix="aaclip-nbval-") as scratch:
+        env = {"AACLIP_ROOT": scratch, "AACLIP_QUICK": "1", "OMP_NUM_THREADS": "1", **KERNEL_ENV}
+        os.environ.update(env)
+        for path in selected:
+            t0 = time.time()
+            print(f">> {path.name} (smoke, quick)", flush=True)
+            nb = nbformat.read(path, as_version=4)
+            client = NotebookClient(
+                nb, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}},
+                extra_arguments=KERNEL_ARGS,
+            )  # fmt: skip
+            client.execute()
+            committed = nbformat.read(path, as_version=4)
+            for cell, ran in zip(committed.cells, nb.cells, strict=True):
+                if cell.cell_type != "code":
+                    continue
+                cell.outputs = [clean_output(o) for o in ran.outputs] if is_checked(cell) else []
+                cell.execution_count = None
+                cell.metadata.pop("execution", None)
+            nbformat.write(committed, path)
+            print(f"   stored in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+def clean_output(output):
+    """An output without execution counts or metadata that differ between runs."""
+    output = dict(output)
+    output.pop("execution_count", None)
+    if "metadata" in output:
+        output["metadata"] = {}
+    import nbformat
+
+    return nbformat.from_dict(output)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--only", nargs="*", help="run only notebooks whose name contains these")
+    p.add_argument(
+        "--store-outputs",
+        action="store_true",
+        help="store the checked summary outputs in the committed notebooks (nbval, smoke quick)",
+    )
     args = p.parse_args(argv)
     try:
+        if args.store_outputs:
+            return store_outputs(args.only)
         return run(args.profile, args.data, args.results, args.runs, args.only)
     except Exception as err:  # papermill wraps the failing cell; show its one-line reason
         name = type(err).__name__
         print(f"reproduce: {name}: {str(err).strip().splitlines()[-1] if str(err) else ''}",
-              file=sys.stderr)
+              file=sys.stderr)  # fmt: skip
         return 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,24 +13,42 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published_resu
 KEYS = ["method", "train_set", "shots", "target", "metric"]
 
 
-def write_table(df: pd.DataFrame, stem: str | Path, note: str = "", digits: int = 2) -> None:
+def write_table(
+    df: pd.DataFrame,
+    stem: str | Path,
+    note: str = "",
+    digits: int = 2,
+    percent: Sequence[str] | None = None,
+) -> None:
     """Write `stem.csv` (full precision) and `stem.md` (percent, missing shown as '–')."""
     stem = Path(stem)
     atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False))
-    md = to_markdown(df, digits)
+    md = to_markdown(df, digits, percent)
     atomic_write_text(stem.with_suffix(".md"), (f"> {note}\n\n" if note else "") + md + "\n")
 
 
-def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-markdown table; metric fractions in [0, 1] are shown as percentages."""
+def format_number(v: float, digits: int = 2, scale: float = 1.0) -> str:
+    """`v * scale` with `digits` decimals; missing as '–'; never '-0.00'."""
+    if pd.isna(v):
+        return "–"
+    text = f"{v * scale:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 2, percent: Sequence[str] | None = None) -> str:
+    """A GitHub-markdown table; metric fractions in [0, 1] are shown as percentages.
+
+    `percent` names the columns shown as percentages (default: the `image_*` / `pixel_*`
+    metric columns); every other float column is shown as is.
+    """
     shown = df.copy()
     for col in shown.columns:
         if pd.api.types.is_float_dtype(shown[col]):
-            is_fraction = col.startswith(("image_", "pixel_"))
-            scale = 100.0 if is_fraction else 1.0
-            shown[col] = shown[col].map(
-                lambda v, s=scale: "–" if pd.isna(v) else f"{v * s:.{digits}f}"
+            is_fraction = (
+                col in percent if percent is not None else col.startswith(("image_", "pixel_"))
             )
+            scale = 100.0 if is_fraction else 1.0
+            shown[col] = shown[col].map(lambda v, s=scale: format_number(v, digits, s))
     header = "| " + " | ".join(map(str, shown.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
     rows = ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]

@@ -407,7 +407,7 @@ def montage(out_dir: Path, path: Path = DEFAULT_MONTAGE, per_class: int = 6) -> 
         "red: ground-truth mask",
         fontsize=8,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     atomic_write(path, buf.getvalue())

@@ -24,6 +24,8 @@ from aaclip.backbone import Backbone
 from aaclip.methods.base import ClassContext, Method, Prediction, Stage
 from aaclip.methods.clip import anchor_prediction
 
+IMAGE_ADAPTERS = ("residual", "vanilla", "none")
+
 
 @dataclass
 class AAClipConfig:
@@ -37,6 +39,7 @@ class AAClipConfig:
     text_norm_weight: float = 0.1  # weight of the disentangle loss
     # switches (released defects; see the README)
     relu: bool = False  # LeakyReLU after the seg/det projections (released default off)
+    image_adapter: str = "residual"  # residual (released) | vanilla | none: Table 3 rows
     vv_attention_axis: str = "batch"  # batch (released defect 2) | tokens
     class_descriptions: str = "official"  # official | plain
     stage1_levels: str = "last"  # last (released defect 1) | all
@@ -101,7 +104,13 @@ class AAClip(Method):
         b = backbone
         self.levels = b.levels(cfg.levels)
         self.text_adapt_until = cfg.text_adapt_until or bb.scaled_count(3, 12, b.text_depth)
+        if cfg.image_adapter not in IMAGE_ADAPTERS:
+            raise ValueError(
+                f"model.image_adapter must be one of {IMAGE_ADAPTERS}, got {cfg.image_adapter!r}"
+            )
         self.image_adapt_until = cfg.image_adapt_until or bb.scaled_count(6, 24, b.vision_depth)
+        if cfg.image_adapter == "none":  # Table 3 "+ linear projector": projections only
+            self.image_adapt_until = 0
         self.surgery_blocks = cfg.surgery_blocks or bb.scaled_count(19, 24, b.vision_depth)
         self.adapters["text_adapter"] = nn.ModuleList(
             [Adapter(b.text_width) for _ in range(self.text_adapt_until)]
@@ -181,7 +190,10 @@ class AAClip(Method):
         for i, block in enumerate(visual.transformer.resblocks):
             x = block(x)
             if i < self.image_adapt_until:
-                x = residual_adapt(x, adapters[i], self.cfg.image_adapt_weight)
+                if self.cfg.image_adapter == "vanilla":  # Table 3: the adapter replaces x
+                    x = adapters[i](x)
+                else:
+                    x = residual_adapt(x, adapters[i], self.cfg.image_adapt_weight)
             if i + 1 in self.levels:
                 tokens.append(visual.ln_post(x[:, 1:]))
         seg = [

@@ -1,0 +1,285 @@
+"""Configured variants of a method, trained and evaluated the same way (notebooks 04–05):
+the known-defect switches (`Method.ablations`), AA-CLIP's component ablation (paper Table 3)
+and data efficiency over k-shot training sets (paper Fig. 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from aaclip.analysis.notebook import mean_rows
+from aaclip.config import ExperimentConfig, apply_overrides, switch_method
+
+# Variant runs under smoke train fewer epochs than the main run (quick mode: 1 per stage).
+ABLATION_EPOCHS = {
+    "aaclip": ("model.stage1_epochs=1", "model.stage2_epochs=4"),
+    "other": ("train.max_epochs=4",),
+    "quick": ("train.max_epochs=1",),
+}
+
+
+def ablation_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentConfig:
+    """The default the variants are compared against: the profile's config, with fewer
+    epochs under smoke (and 1 per stage in quick mode); the paper profile keeps its own."""
+    if quick:
+        return apply_overrides(cfg, list(ABLATION_EPOCHS["quick"]))
+    if cfg.profile == "smoke":
+        return apply_overrides(cfg, list(ABLATION_EPOCHS.get(cfg.method, ABLATION_EPOCHS["other"])))
+    return cfg
+
+
+def epochs_text(cfg: ExperimentConfig) -> str:
+    """'stage text 2, image 5 epochs' for a config (max_epochs applied)."""
+    from aaclip.runs import stage_epochs
+
+    stages = stage_epochs(cfg)
+    if not stages:
+        return "no training"
+    return ", ".join(f"{name} {n}" for name, n in stages) + " epochs"
+
+
+def ablation_variants(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """One override list per known-defect switch, against the released default ([]).
+
+    The description switch flips whatever the profile uses (paper: official -> plain;
+    smoke: plain -> official, which falls back to folder names on the synthetic classes).
+    """
+    from aaclip.methods import method_class
+
+    return {"default": [], **method_class(cfg.method).ablations(cfg.model)}
+
+
+@dataclass
+class VariantResult:
+    """A trained and evaluated ablation variant."""
+
+    name: str
+    overrides: list[str]
+    cfg: ExperimentConfig
+    run_dir: Path
+    table: pd.DataFrame
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def run_variant(
+    name: str,
+    cfg: ExperimentConfig,
+    overrides: list[str],
+    run_dir: Path,
+    device: str | None = None,
+) -> VariantResult:
+    """Train (or reuse a finished run) and evaluate one variant; warnings are collected."""
+    from aaclip.experiment import run
+
+    vcfg = apply_overrides(cfg, overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = run(vcfg, run_dir, device=device, progress=False).table
+    messages = list(dict.fromkeys(str(w.message) for w in caught))
+    return VariantResult(name, overrides, vcfg, Path(run_dir), table, messages)
+
+
+def ablation_table(
+    results: Sequence[VariantResult], default: str = "default"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per variant, per-dataset rows): mean image/pixel AUROC and the change.
+
+    Per variant the value is the unweighted mean over the test sets of each set's mean
+    over classes; `*_diff` is variant minus default, in the same units (fractions; the
+    markdown shows percentage points).
+    """
+    cols = ["image_auroc", "pixel_auroc"]
+    per_set = []
+    for r in results:
+        m = mean_rows(r.table, cols)
+        m.insert(0, "overrides", " ".join(r.overrides) or "(released default)")
+        m.insert(0, "variant", r.name)
+        per_set.append(m)
+    long = pd.concat(per_set, ignore_index=True)
+    wide = long.groupby(["variant", "overrides"], sort=False)[cols].mean().reset_index()
+    base = wide.set_index("variant").loc[default, cols]
+    for c in cols:
+        wide[f"{c}_diff"] = wide[c] - base[c]
+        long[f"{c}_diff"] = long[c] - long["dataset"].map(
+            long[long.variant == default].set_index("dataset")[c]
+        )
+    return wide, long
+
+
+# --------------------------------------------------------------------------- 06: metrics
+
+
+class VariantRunner:
+    """Runs variants in named folders and reuses a result when two variants of a notebook
+    have the same config (e.g. the '+ residual image adapter' row of Table 3 and the
+    'no_text_adaptation' switch), so nothing trains twice. `aliases`: (config, folder) of
+    runs that already exist under another name (the notebook's main run)."""
+
+    def __init__(
+        self,
+        run_dir: Callable[[str], Path],
+        device: str | None = None,
+        progress: Callable[[str], None] | None = None,
+        aliases: Sequence[tuple[ExperimentConfig, Path]] = (),
+    ) -> None:
+        self.run_dir = run_dir  # folder name -> path
+        self.device = device
+        self.progress = progress or (lambda message: None)
+        self.aliases = {c.to_json(): Path(p) for c, p in aliases}
+        self._done: dict[str, VariantResult] = {}
+
+    def __call__(
+        self, name: str, cfg: ExperimentConfig, overrides: list[str], folder: str | None = None
+    ) -> VariantResult:
+        key = apply_overrides(cfg, overrides).to_json()
+        if key in self._done:
+            return dataclasses.replace(self._done[key], name=name, overrides=overrides)
+        where = self.aliases.get(key) or self.run_dir(folder or name)
+        self.progress(f"{name}: {' '.join(overrides) or '(default)'} -> {where.name}")
+        result = run_variant(name, cfg, overrides, where, self.device)
+        self._done[key] = result
+        return result
+
+
+# --------------------------------------------------------------------------- Table 3
+
+# AA-CLIP's component ablation, each row a configured variant (cumulative, as in the paper).
+COMPONENTS: dict[str, list[str] | None] = {
+    "CLIP": None,  # method clip: frozen CLIP, no training
+    "+ linear projector": ["model.image_adapter=none", "model.stage1_epochs=0"],
+    "+ vanilla adapter": ["model.image_adapter=vanilla", "model.stage1_epochs=0"],
+    "+ residual image adapter": ["model.stage1_epochs=0"],
+    "+ text adapter": ["model.text_norm_weight=0"],
+    "+ disentangle loss": [],  # the full model
+}
+COMPONENT_SHOTS = 64  # the paper's Table 3 trains on 64-shot VisA
+
+
+def component_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentConfig:
+    """Table 3's base: the ablation config; under `paper` trained 64-shot as in the paper."""
+    base = ablation_config(cfg, quick)
+    if cfg.profile != "smoke" and not quick:
+        base = apply_overrides(base, [f"train.shots={COMPONENT_SHOTS}"])
+    return base
+
+
+def run_components(
+    runner: VariantRunner, base: ExperimentConfig, default_folder: str = "ablation_default"
+) -> list[VariantResult]:
+    """Train and evaluate every row of Table 3 ('CLIP' is evaluated without training); the
+    full model's run is `default_folder` (shared with the ablations when configs agree)."""
+    out = []
+    for row, overrides in COMPONENTS.items():
+        if overrides is None:
+            out.append(runner(row, switch_method(base, "clip"), [], folder="clip"))
+        else:
+            folder = default_folder if not overrides else f"component_{_slug(row)}"
+            out.append(runner(row, base, overrides, folder=folder))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def published_components(published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The published Table 3 rows (percent), from the 'paper Table 3 ablation' entries of
+    results/published_results.csv: the full model is the value, the other rows are listed
+    in its note ('CLIP 50.3; +linear projector 88.9; ...'). Columns: row, metric, published,
+    source, confidence; empty when the file has no such entries."""
+    from aaclip.results import load_published
+
+    published = load_published() if published is None else published
+    part = published[published.source.str.contains("Table 3", na=False)]
+    names = {_slug(k.replace("+", "+ ")): k for k in COMPONENTS}
+    rows = []
+    for r in part.itertuples():
+        values = {"+ disentangle loss": float(r.value)}
+        for name, value in re.findall(r"(CLIP|\+\s*[a-z][a-z ]*?)\s+(\d+(?:\.\d+)?)", str(r.note)):
+            key = names.get(_slug(name.replace("+", "+ ")))
+            if key:
+                values[key] = float(value)
+        for key, value in values.items():
+            rows.append(
+                {"row": key, "metric": r.metric, "published": value, "source": r.source,
+                 "confidence": r.confidence, "setting": f"{r.train_set} {r.shots}-shot, {r.target}"}
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=["row", "metric", "published", "source", "confidence",
+                                       "setting"])  # fmt: skip
+
+
+def component_table(results: Sequence[VariantResult], published: pd.DataFrame) -> pd.DataFrame:
+    """Table 3: per row, mean image / pixel AUROC over the test sets, beside the published
+    values (percent in the markdown; fractions in the CSV; published as printed, percent)."""
+    wide, _ = ablation_table(results, default=results[-1].name)
+    wide = wide.rename(columns={"variant": "row"})[["row", "overrides", "image_auroc",
+                                                      "pixel_auroc"]]  # fmt: skip
+    wide.loc[wide.row == "CLIP", "overrides"] = "method clip (frozen CLIP, no training)"
+    wide.loc[wide.row == "+ disentangle loss", "overrides"] = "(the full model: released default)"
+    for metric in ("image_auroc", "pixel_auroc"):
+        pub = published[published.metric == metric].set_index("row")["published"]
+        wide[f"published_{metric}"] = wide.row.map(pub).astype(float) / 100.0
+    return wide
+
+
+COMPONENT_PERCENT = ["image_auroc", "pixel_auroc", "published_image_auroc", "published_pixel_auroc"]
+
+
+# --------------------------------------------------------------------------- Fig. 4
+
+DATA_EFFICIENCY_SHOTS = {
+    "paper": (2, 16, 64, None),  # the paper's Fig. 4; None = full-shot
+    "smoke": (2, 8, 32, None),  # the synthetic training classes hold 24 + 24 images
+    "quick": (2, 8),  # quick mode trains 8-shot anyway
+}
+
+
+def shots_grid(cfg: ExperimentConfig, quick: bool = False) -> tuple[int | None, ...]:
+    if quick:
+        return DATA_EFFICIENCY_SHOTS["quick"]
+    return DATA_EFFICIENCY_SHOTS["smoke" if cfg.profile == "smoke" else "paper"]
+
+
+def run_shots(
+    runner: VariantRunner, base: ExperimentConfig, grid: Sequence[int | None]
+) -> list[VariantResult]:
+    """One run per k of `grid` on the ablation config (None: every training image)."""
+    out = []
+    for k in grid:
+        label = "full" if k is None else str(k)
+        if k == base.train.shots:
+            out.append(runner(label, base, [], folder="ablation_default"))
+            continue
+        value = "null" if k is None else k
+        out.append(runner(label, base, [f"train.shots={value}"], folder=f"shots_{label}"))
+    return out
+
+
+def shots_table(results: Sequence[VariantResult]) -> pd.DataFrame:
+    """Per k and test set (and their mean): image and pixel AUROC."""
+    parts = []
+    for r in results:
+        m = mean_rows(r.table, ["image_auroc", "pixel_auroc"])
+        m = pd.concat(
+            [m, pd.DataFrame([{"dataset": "mean", **m[["image_auroc", "pixel_auroc"]].mean()}])],
+            ignore_index=True,
+        )
+        m.insert(0, "shots", r.name)
+        m.insert(1, "train_images", _n_train_images(r.cfg))
+        parts.append(m)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _n_train_images(cfg: ExperimentConfig) -> int:
+    from aaclip import data
+
+    records = data.read_records(cfg.data.train_records)
+    if cfg.train.shots:
+        records = data.sample_few_shot(records, cfg.train.shots, cfg.train.seed)
+    return len(records)
