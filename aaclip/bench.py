@@ -60,6 +60,8 @@ def _batch(n: int, size: int, device: torch.device, classes: int = 2) -> dict:
         "mask": masks,
         "label": (masks.flatten(1).amax(1) > 0).long(),
         "class_name": [f"object{i % classes}" for i in range(n)],
+        "has_mask": masks.flatten(1).amax(1) > 0,
+        "class_has_masks": torch.ones(n, dtype=torch.bool, device=device),  # segmentation sets
     }
 
 
