@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from aaclip import data
-from aaclip.calibration import Calibration, calibrate, save_calibration
+from aaclip.calibration import (
+    Calibration,
+    CalibrationMismatchError,
+    calibrate,
+    calibration_path,
+    load_calibration,
+    save_calibration,
+)
 from aaclip.predict import RECORDS_SUFFIX, Detector, _note, collect_images
 
 __all__ = ["CalibrationRun", "calibrate_checkpoint", "gather", "summary_lines"]
@@ -106,7 +113,8 @@ def calibrate_checkpoint(
     report: Callable[[str], None] = _note,
 ) -> CalibrationRun:
     """Score the normal (and anomalous) images with `checkpoint`, calibrate each class and
-    store the calibrations beside the checkpoint (replacing an older one)."""
+    store the calibrations beside the checkpoint. Classes calibrated earlier for the same
+    checkpoint are kept unless calibrated again (one class at a time works)."""
     t0 = time.perf_counter()
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
@@ -170,7 +178,14 @@ def calibrate_checkpoint(
                 "anomalous_source": str(anomalous) if anomalous is not None else None,
             },
         )
-    path = save_calibration(checkpoint, calibrations, fpr)
+    stored = _earlier(checkpoint, report)
+    kept = [k for k in stored if k not in calibrations]
+    if kept:
+        report(
+            f"kept the earlier calibration of class{'es' * (len(kept) > 1)} {', '.join(kept)} "
+            f"(remove {calibration_path(checkpoint)} to start over)"
+        )
+    path = save_calibration(checkpoint, {**stored, **calibrations}, fpr)
     return CalibrationRun(
         path,
         calibrations,
@@ -180,6 +195,16 @@ def calibrate_checkpoint(
         time.perf_counter() - t0,
         str(det.device),
     )
+
+
+def _earlier(checkpoint: str | Path, report: Callable[[str], None]) -> dict[str, Calibration]:
+    """The classes already calibrated for this checkpoint (kept unless calibrated again); a
+    file of another checkpoint is replaced, with a note."""
+    try:
+        return load_calibration(checkpoint) or {}
+    except CalibrationMismatchError as err:
+        report(f"replacing {str(err).split(';')[0]}")
+        return {}
 
 
 def _rate(x: float | None) -> str:

@@ -229,6 +229,15 @@ def test_records_give_classes_and_ground_truth(setup, tmp_path, capsys):
     assert lines[0].split()[-1] == "truth" and lines[-2].split()[-1] == "anomalous"
     truth = [r["true_label"] for r in _rows(out / "scores.csv")]
     assert truth == ["normal"] * 6 + ["anomalous"] * 2
+    # one class at a time: calibrating another class keeps the first
+    argv = ["calibrate", "--checkpoint", str(copy), "--normal", str(root / "normal")]
+    assert main([*argv, "--description", "sky"]) == 0
+    assert f"aaclip: note: kept the earlier calibration of class grass (remove {copy}" in (
+        capsys.readouterr().err
+    )
+    from aaclip.calibration import load_calibration
+
+    assert sorted(load_calibration(copy)) == ["grass", "sky"]
 
 
 def _mk(folder: Path) -> Path:
