@@ -201,8 +201,10 @@ def store_outputs(only: list[str] | None = None) -> int:
             for cell, ran in zip(committed.cells, nb.cells, strict=True):
                 if cell.cell_type != "code":
                     continue
-                cell.outputs = [clean_output(o) for o in ran.outputs] if is_checked(cell) else []
-                cell.execution_count = None
+                checked = is_checked(cell)
+                cell.outputs = [clean_output(o) for o in ran.outputs] if checked else []
+                # nbval compares only cells that ran in the reference (an execution count)
+                cell.execution_count = ran.execution_count if checked else None
                 cell.metadata.pop("execution", None)
             nbformat.write(committed, path)
             print(f"   stored in {time.time() - t0:.0f} s", flush=True)

@@ -77,9 +77,11 @@ def test_committed_notebook_is_parametrised_and_holds_only_checked_outputs(path)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count is None for c in code)
     checked = [c for c in code if c.source.startswith(CHECK)]
     assert len(checked) == 1, "one summary cell per notebook is checked by nbval"
+    # nbval compares a cell only if the reference ran it: the checked cell keeps its count
+    assert checked[0].execution_count == code.index(checked[0]) + 1
+    assert all(c.execution_count is None for c in code if c not in checked)
     # the stored output is what nbval compares: the key-number block of a quick smoke run
     text = "".join(o.get("text", "") for o in checked[0].outputs)
     assert text.startswith(f"{path.stem} — key numbers (smoke, quick)"), "run `make notebooks`"
