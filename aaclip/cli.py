@@ -315,6 +315,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         shots=args.shots,
         profile=args.profile,
         out_dir=args.out,
+        runs_dir=args.runs,
         data_root=args.data,
         sets=args.sets,
         pixel_sets=args.pixel_sets,
@@ -515,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pixel-sets", help="sets scored with pixel metrics (default Brain,Liver,Retina_RESC)"
     )
     sp.add_argument("--data", help="folder holding <Obj>_AD (smoke: data/synthetic/mvfa)")
-    sp.add_argument("--out", help="output folder (default results/protocol/<method>-<profile>)")
+    sp.add_argument("--out", help="tables (default results/protocol/<method>-<profile>)")
+    sp.add_argument("--runs", help="run folders (default runs/protocol/<method>-<profile>)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
     sp.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
     sp.add_argument("--device", help="cpu | cuda (default: cuda when available)")

@@ -6,7 +6,7 @@ Sets (seed-methods.md section 2) live in MVFA's layout under one folder, each co
 ``<Obj>_AD/test.jsonl`` and ``<Obj>_AD/<k>-shot.jsonl``. For each shot count k and target:
 
 - k = 0, **leave-one-out**: train on the test splits of the five other sets (their records
-  merged into ``<out>/records/leave_out_<Obj>.jsonl``; each batch from one source, with its
+  merged into ``<runs>/records/leave_out_<Obj>.jsonl``; each batch from one source, with its
   anchors: the method's stage says ``one_class_per_batch``), test on the target's test split;
 - k > 0: train on the target's k-shot supports, fit the memory bank on their normals
   (``data.memory_records``), test on the target's test split.
@@ -14,7 +14,8 @@ Sets (seed-methods.md section 2) live in MVFA's layout under one folder, each co
 A run is the method's preset for the profile with the method's ``PROTOCOLS[mode]``
 overrides ("zero_shot" / "few_shot"), the data above and the user's overrides; it goes
 through ``aaclip.experiment.run`` (train -> the fixed last epoch -> evaluate) into
-``<out>/runs/<Obj>_<k>shot``. Finished runs are reused when the grid is run again.
+``<runs>/<Obj>_<k>shot`` (default ``runs/protocol/<method>-<profile>``; ``aaclip test --run``
+re-scores one). Finished runs are reused when the grid is run again.
 Outputs: ``<out>/grid.csv`` (every metric, long), ``<out>/table.{csv,md}`` (image AUROC on
 six sets, pixel AUROC on the segmentation sets, the other metrics, beside the published
 columns of ``results/published_results.csv``) with the checkpoint-selection note.
@@ -221,6 +222,7 @@ def run_grid(
     shots: Sequence[int] = SHOTS,
     profile: str = "smoke",
     out_dir: str | Path | None = None,
+    runs_dir: str | Path | None = None,
     data_root: str | Path | None = None,
     sets: Sequence[str] | None = None,
     pixel_sets: Sequence[str] | None = None,
@@ -244,11 +246,12 @@ def run_grid(
         ensure_smoke_sets(root)
     check_pixel_sets(root, sets, pixel)
     out = Path(out_dir or f"results/protocol/{method}-{profile}")
+    work = Path(runs_dir or f"runs/protocol/{method}-{profile}")
     cells = []
     for k in shots:
         for target in sets:
-            cfg = run_config(method, profile, root, target, k, out, overrides)
-            cells.append((k, target, cfg, out / "runs" / f"{target}_{k}shot"))
+            cfg = run_config(method, profile, root, target, k, work, overrides)
+            cells.append((k, target, cfg, work / f"{target}_{k}shot"))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     jobs = [(cfg, run_dir, device, threads) for _, _, cfg, run_dir in cells]
     if workers > 1:
@@ -286,6 +289,7 @@ def run_grid(
                 "sets": sets,
                 "pixel_sets": pixel,
                 "data_root": str(root),
+                "runs": str(work),
                 "overrides": list(overrides),
                 "workers": workers,
                 "wall_time_s": round(wall, 1),

@@ -74,7 +74,8 @@ class MVFAConfig:
     # schedule (one stage; the released runs use batch 1)
     epochs: int = 50
     batch_size: int = 1
-    lr: float | None = None  # None: 1e-3 few-shot, 1e-4 zero-shot
+    few_shot_lr: float = 1e-3
+    zero_shot_lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
 
 
@@ -133,7 +134,7 @@ def _smoke(
         method="mvfa",
         profile="smoke",
         backbone=C.BackboneConfig(name="aaclip-tiny", image_size=96),
-        model=MVFAConfig(epochs=8, batch_size=8, lr=1e-2),
+        model=MVFAConfig(epochs=8, batch_size=8, few_shot_lr=1e-2, zero_shot_lr=3e-3),
         eval=C.EvalConfig(batch_size=32),
         data=mvfa_data(f"{data_root}/mvfa", target, shots),
     )
@@ -422,7 +423,7 @@ class MVFA(Method):
     @classmethod
     def schedule(cls, cfg: MVFAConfig) -> list[Stage]:
         few = cfg.protocol == "few_shot"
-        lr = cfg.lr if cfg.lr is not None else (1e-3 if few else 1e-4)
+        lr = cfg.few_shot_lr if few else cfg.zero_shot_lr
         return [
             Stage(
                 "adapters",
