@@ -246,7 +246,7 @@ def test_released_image_adapter_imports(model, tiny_clip, tmp_path):
     released_file(tmp_path / "image_adapter_5.pth", model.image_adapter.state_dict())
     other = make(tiny_clip)
     other.prototypes.ready.fill_(True)
-    load_released(other, tmp_path / "image_adapter_5.pth")
+    other.import_released(tmp_path / "image_adapter_5.pth")  # the contract's hook
     for k, v in model.image_adapter.state_dict().items():
         assert torch.equal(other.image_adapter.state_dict()[k], v), k
     assert not other.prototypes.ready.any()  # the released files hold no prototypes

@@ -121,6 +121,7 @@ class DPClip(Method):
     name = "dpclip"
     summary = "DP-CLIP: AA-CLIP's image adapters with GRN, momentum decoupling loss, frozen text"
     Config = DPClipConfig
+    published_name = "DP-CLIP"
     PRESETS = {"paper": _paper, "paper_visa": _paper_visa, "released": _released, "smoke": _smoke}
     ABLATIONS = {
         "grn_batch_axis": ["model.grn_axis=batch"],
@@ -167,6 +168,10 @@ class DPClip(Method):
     @property
     def prototypes(self) -> PrototypeMemory:
         return self.adapters["prototypes"]
+
+    def import_released(self, path: str | Path) -> None:
+        """Load the authors' `image_adapter[_N].pth` (see `load_released`)."""
+        load_released(self, path)
 
     # ---------------------------------------------------------------- text and image
     def class_anchors(
