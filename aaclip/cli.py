@@ -185,24 +185,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             runtime=args.runtime,
             weights=args.weights,
             device=args.device,
+            overlays=not args.no_overlays,
         )
-        print(f"wrote {csv_path} and overlays in {csv_path.parent / 'overlays'}")
-        return 0
-    if args.runtime:
-        raise ValueError("--runtime applies to --model (an export)")
-    from aaclip.predict import predict_files
+    else:
+        if args.runtime:
+            raise ValueError("--runtime applies to --model (an export)")
+        from aaclip.predict import predict_files
 
-    csv_path = predict_files(
-        args.checkpoint,
-        args.images,
-        args.description,
-        args.out,
-        domain=args.domain,
-        weights=args.weights,
-        device=args.device,
-        class_name=args.class_name,
-        overlays=not args.no_overlays,
-    )
+        csv_path = predict_files(
+            args.checkpoint,
+            args.images,
+            args.description,
+            args.out,
+            domain=args.domain,
+            weights=args.weights,
+            device=args.device,
+            class_name=args.class_name,
+            overlays=not args.no_overlays,
+        )
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     print(_predict_table(rows, shown=PREDICT_ROWS))

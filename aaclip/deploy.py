@@ -9,7 +9,6 @@ checkpoint, with calibrated labels and masks when the export holds a calibration
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib import colormaps
-from PIL import Image
 
-from aaclip import __version__, data, scoring
-from aaclip.calibration import Calibration
+from aaclip import __version__, scoring
 from aaclip.export import (
     ADAPTER,
     ANCHORS,
@@ -37,9 +33,7 @@ from aaclip.export import (
     _sha256,
     manifest_digest,
 )
-from aaclip.fileio import atomic_write_text
 from aaclip.methods import ClassContext, InputSpec, Method, Prediction
-from aaclip.transforms import image_to_tensor
 
 RUNTIMES = ("torch", "onnx")
 Predictor = Callable[[torch.Tensor], Prediction]
@@ -234,7 +228,6 @@ def load(
 ) -> Deployed:
     """A checked export, ready to score preprocessed images with `runtime` (default: onnx
     when the export has an ONNX file, else torch)."""
-    from aaclip import scoring
     from aaclip.methods import method_class
     from aaclip.runtime import pick_device
 
@@ -278,100 +271,23 @@ def predict_model(
     runtime: str | None = None,
     weights: str | None = None,
     device: str | None = None,
-    batch_size: int = 8,
+    overlays: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
-    """`aaclip predict --model DIR`: the overlays and CSV of `predict.predict_files`, from an
-    export; calibrated labels and masks when it holds a calibration. Returns the CSV path."""
+    """`aaclip predict --model DIR`: what `predict.predict_files` writes from the checkpoint
+    (each image scored alone; calibrated score, label and mask when the export holds a
+    calibration), from an export. Returns the CSV path."""
+    from aaclip.predict import Detector, write_predictions
 
     model = load(folder, runtime, weights=weights, device=device)
-    from aaclip.predict import collect_images
-
-    files = collect_images(inputs, exclude=[out_dir])
-    spec = input_spec(model.manifest)
-    raw = score_files(model.predict, files, spec, model.device, batch_size)
-    maps, scores = model.class_scores(raw)
-    cal = calibration(folder, model.manifest)
-    return write_predictions(files, raw, maps, scores, out_dir, calibration=cal)
-
-
-# ---- writing what `predict --model` shows (overlays and CSV over the given images)
-
-
-def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The image with a jet-coloured heat map (values in [0, 1]) blended on top."""
-    base = np.asarray(image.convert("RGB").resize(heat.shape[::-1], Image.BICUBIC), np.float32)
-    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255
-    return Image.fromarray((alpha * base + (1 - alpha) * colour).astype(np.uint8))
-
-
-@torch.no_grad()
-def score_files(
-    predict: Callable[[torch.Tensor], Prediction],
-    files: list[Path],
-    spec: InputSpec,
-    device: torch.device,
-    batch_size: int = 8,
-) -> Prediction:
-    """Raw outputs (on the CPU) of `predict` on the images, read and preprocessed by `spec`,
-    in batches."""
-    parts = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i : i + batch_size]
-        images = torch.stack(
-            [
-                image_to_tensor(data.load_image(p), spec.image_size, spec.mean, spec.std)
-                for p in chunk
-            ]
-        ).to(device)
-        parts.append(predict(images).to(torch.device("cpu")))
-    return Prediction.cat(parts)
-
-
-def write_predictions(
-    files: list[Path],
-    raw: Prediction,
-    norm_maps: torch.Tensor,
-    scores: torch.Tensor,
-    out_dir: str | Path,
-    calibration: Calibration | None = None,
-) -> Path:
-    """`overlays/*.png` and `scores.csv` (plus `masks/*.png` with a calibration); the CSV."""
-    raw_maps, raw_probs = raw.maps, raw.scores
-    single = len(files) == 1
-    if single:  # nothing to normalise against: show the map on its own range, keep raw values
-        norm_maps = scoring.minmax(raw_maps)
-    out_dir = Path(out_dir)
-    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    if calibration is not None:
-        (out_dir / "masks").mkdir(exist_ok=True)
-    rows = []
-    for k, path in enumerate(files):
-        name = f"{k:04d}_{path.stem}.png"
-        overlay(data.load_image(path), norm_maps[k].numpy()).save(out_dir / "overlays" / name)
-        row = {
-            "image": str(path),
-            "score": "" if single else f"{scores[k].item():.6f}",
-            "raw_image_probability": f"{raw_probs[k].item():.6f}",
-            "raw_map_max": f"{raw_maps[k].max().item():.6f}",
-            "overlay": f"overlays/{name}",
-        }
-        if calibration is not None:
-            mask = calibration.mask(raw_maps[k].numpy())
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / "masks" / name)
-            row["calibrated_score"] = f"{calibration.normalise_score(raw_probs[k].item()):.6f}"
-            row["label"] = "anomalous" if calibration.label(raw_probs[k].item()) else "normal"
-            row["mask"] = f"masks/{name}"
-        rows.append(row)
-    csv_path = out_dir / "scores.csv"
-    atomic_write_text(csv_path, _csv(rows))
-    return csv_path
-
-
-def _csv(rows: list[dict]) -> str:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    manifest = model.manifest
+    detector = Detector.from_predictor(
+        model.predict,
+        input_spec(manifest),
+        model.device,
+        class_name=manifest["class_name"],
+        domain=manifest["domain"],
+        calibration=calibration(folder, manifest),
+        source=folder,
+    )
+    return write_predictions(detector, inputs, out_dir, report=report, overlays=overlays)

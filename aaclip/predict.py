@@ -35,7 +35,7 @@ from aaclip import data
 from aaclip.calibration import Calibration, load_calibration
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write, atomic_write_text
-from aaclip.methods import ClassContext, Method, Prediction
+from aaclip.methods import ClassContext, InputSpec, Method, Prediction
 from aaclip.runtime import pick_device
 from aaclip.transforms import image_to_tensor
 
@@ -50,6 +50,7 @@ __all__ = [
     "collect_images",
     "predict_files",
     "raw_image_scores",
+    "write_predictions",
 ]
 
 
@@ -203,7 +204,31 @@ class Detector:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.calibrations = calibrations
         self.spec = method.input_spec()
+        self.fixed: tuple[str, str] | None = None  # (class, domain) baked in: an export
         self._contexts: dict[tuple, ClassContext] = {}
+
+    @classmethod
+    def from_predictor(
+        cls,
+        predict: Callable[[torch.Tensor], Prediction],
+        spec: InputSpec,
+        device: torch.device,
+        *,
+        class_name: str,
+        domain: str,
+        calibration: Calibration | None = None,
+        source: str | Path | None = None,
+    ) -> Detector:
+        """A detector of one class whose text is baked into `predict` (preprocessed images
+        (B, 3, S, S) -> raw Prediction), e.g. an `aaclip export` run by PyTorch or
+        onnxruntime: images are read, scored and written exactly as from a checkpoint."""
+        det = cls(
+            _Baked(predict, spec, device),
+            source,
+            {class_name: calibration} if calibration else None,
+        )
+        det.fixed = (class_name, domain)
+        return det
 
     @classmethod
     def from_checkpoint(
@@ -250,6 +275,9 @@ class Detector:
         if domain is not None and domain not in DOMAINS:
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
         cals = self.calibrations or {}
+        if self.fixed is not None:  # the class and domain are baked in
+            name, fixed_domain = self.fixed
+            return Target(name, name, None, fixed_domain, cals.get(name))
         key = class_name or description
         if key is None:
             if len(cals) != 1:
@@ -316,6 +344,31 @@ class Detector:
             result.mask = cal.mask(full)
             result.normalised_map = cal.normalise_map(full).astype(np.float32)
         return result
+
+
+class _Baked:
+    """A predictor with its class text baked in, as the part of a `Method` a Detector uses."""
+
+    name = "export"
+
+    def __init__(self, predict, spec: InputSpec, device: torch.device) -> None:
+        self._predict, self._spec, self._device = predict, spec, torch.device(device)
+
+    def eval(self) -> _Baked:
+        return self
+
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def prepare_class(self, class_name, dataset, domain, has_masks=True, description=None):
+        return ClassContext(class_name, dataset, domain)
+
+    def predict(self, images: torch.Tensor, ctx: ClassContext) -> Prediction:
+        return self._predict(images)
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -392,11 +445,36 @@ def predict_files(
     record's class, and the overlay shows the ground-truth mask). An image's row is the same
     whatever other images share the call.
     """
+    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
+    return write_predictions(
+        det,
+        inputs,
+        out_dir,
+        class_name=class_name,
+        description=description,
+        domain=domain,
+        report=report,
+        overlays=overlays,
+    )
+
+
+def write_predictions(
+    det: Detector,
+    inputs: list[str | Path],
+    out_dir: str | Path = "predictions",
+    *,
+    class_name: str | None = None,
+    description: str | None = None,
+    domain: str | None = None,
+    report: Callable[[str], None] | None = None,
+    overlays: bool = True,
+) -> Path:
+    """What `predict` writes for a detector (from a checkpoint or an export): each image
+    scored alone, `scores.csv`, `masks/*.png` when calibrated, `overlays/*.png`."""
     from aaclip import overlays as ov
 
     report = report or _note
     out_dir = Path(out_dir)
-    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
     items = _inputs(inputs, out_dir, report)
     _remove_previous(out_dir)
     targets: dict[str | None, Target] = {}
@@ -458,7 +536,12 @@ def _report_uncalibrated(det: Detector, targets: list[Target], report) -> None:
         return
     name = det.checkpoint.name if det.checkpoint else "this model"
     how = f"`aaclip calibrate --checkpoint {det.checkpoint} --normal NORMAL_IMAGES`"
-    if not det.calibrations:
+    if det.fixed is not None:
+        report(
+            f"no calibration in the export {name} (calibrate its checkpoint with `aaclip "
+            "calibrate`, then export again): raw scores only, no label"
+        )
+    elif not det.calibrations:
         report(f"no calibration exists for {name} ({how} makes one): raw scores only, no label")
     else:
         report(

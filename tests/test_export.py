@@ -48,26 +48,12 @@ def _images(folder: Path, n: int, seed: int) -> list[Path]:
 
 
 def _calibrate(checkpoint: Path, normals: list[Path]) -> None:
-    """`<checkpoint>.calibration.json` in the calibrate verb's format, made here from the raw
-    outputs of the checkpoint on `normals` (other images than the ones predicted)."""
-    from aaclip.calibration import calibrate, calibrations_to_dict
-    from aaclip.checkpoints import read_meta
-    from aaclip.config import ExperimentConfig
-    from aaclip.deploy import score_files
-    from aaclip.evaluate import load_methods
+    """`<checkpoint>.calibration.json` made by the calibrate verb's code on `normals` (other
+    images than the ones predicted)."""
+    from aaclip.calibrate import calibrate_checkpoint
 
-    cfg = ExperimentConfig.from_dict(read_meta(checkpoint)["config"])
-    method = next(iter(load_methods(cfg, [checkpoint], torch.device("cpu")).values()))
-    ctx = method.prepare_class(CLASS, None, "industrial", description=CLASS)
-    with torch.no_grad():
-        raw = score_files(lambda x: method.predict(x, ctx), normals, method.input_spec(), "cpu")
-    cal = calibrate(raw.scores.numpy(), raw.maps.numpy(), fpr=0.25, class_name=CLASS)
-    data = {
-        **calibrations_to_dict({CLASS: cal}),
-        "checkpoint_sha256": export._sha256(checkpoint),
-        "fpr": 0.25,
-    }
-    Path(f"{checkpoint}.calibration.json").write_text(json.dumps(data))
+    folder = normals[0].parent
+    calibrate_checkpoint(checkpoint, folder, description=CLASS, fpr=0.25, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -147,22 +133,12 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(made) -> None:
         assert np.abs(scores - ref.scores.numpy()).max() <= 1e-4
 
 
-@pytest.mark.skip(
-    reason="open (issue 14): `predict --checkpoint` now writes the calibrated per-image CSV "
-    "of predict.Detector; `predict --model` still writes the export's own layout"
-)
 def test_predict_model_equals_predict_from_the_checkpoint(made, capsys) -> None:
     """Same CSV and overlays; the calibrated labels and masks of the export's calibration."""
-    from aaclip.calibration import calibrations_from_dict
     from aaclip.predict import predict_files
 
-    root = made["root"]
-    cal = calibrations_from_dict(
-        json.loads(Path(f"{made['checkpoint']}.calibration.json").read_text())
-    )[CLASS]
-    ref = predict_files(
-        made["checkpoint"], made["images"], CLASS, root / "p_ckpt", device="cpu", calibration=cal
-    )
+    root = made["root"]  # the checkpoint's calibration is read from beside it
+    ref = predict_files(made["checkpoint"], made["images"], CLASS, root / "p_ckpt", device="cpu")
     ref_rows = _rows(ref)
     assert {r["label"] for r in ref_rows} <= {"normal", "anomalous"}
     runtimes = ["torch"] + (["onnx"] if export.onnx_available() else [])
@@ -174,7 +150,7 @@ def test_predict_model_equals_predict_from_the_checkpoint(made, capsys) -> None:
         assert [r["image"] for r in rows] == [r["image"] for r in ref_rows]
         assert [r["label"] for r in rows] == [r["label"] for r in ref_rows]
         for r, s in zip(rows, ref_rows, strict=True):
-            for key in ("score", "raw_image_probability", "raw_map_max", "calibrated_score"):
+            for key in ("raw_score", "score"):
                 if runtime == "torch":
                     assert r[key] == s[key]
                 else:
@@ -263,7 +239,7 @@ def test_export_without_calibration_warns_in_one_line(tmp_path: Path, capsys) ->
     images = _images(tmp_path / "imgs", 2, seed=4)
     argv_p = ["predict", "--model", str(tmp_path / "e"), "--out", str(out)]
     assert main([*argv_p, *map(str, images)]) == 0
-    assert "label" not in _rows(out / "scores.csv")[0]
+    assert _rows(out / "scores.csv")[0]["label"] == ""  # raw scores only, no label
     # an existing, non-empty --out is refused, nothing written
     assert main([*argv, "--out", str(tmp_path / "e")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
@@ -343,7 +319,7 @@ def test_readme_onnxruntime_example_runs_without_aaclip(made, tmp_path: Path) ->
     assert len(out) == len(rows)
     for line, row in zip(out, rows, strict=True):
         assert line.startswith(f"{row['image']}: raw score ")
-        assert f"raw score {float(row['raw_image_probability']):.4f}" in line
+        assert f"raw score {float(row['raw_score']):.4f}" in line
         assert f", {row['label']}, " in line
 
 
