@@ -359,3 +359,18 @@ def test_without_the_onnx_packages_one_line_says_what_to_install(
     if deploy.read_manifest(made["export"]).get("onnx"):
         assert main([*argv, "--out", str(tmp_path / "p"), str(made["images"][0])]) == 2
         assert "onnxruntime is not installed" in capsys.readouterr().err
+
+
+def test_iqeclip_is_refused_in_one_line() -> None:
+    import warnings
+
+    from aaclip.config import preset
+    from aaclip.methods import METHODS, create_method
+
+    if "iqeclip" not in METHODS:
+        pytest.skip("IQE-CLIP not registered")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        method = create_method(preset("smoke", "iqeclip"), "cpu")
+    with pytest.raises(export.ExportError, match="iqeclip computes its text from each image"):
+        export.detector_for(method, "brain")
