@@ -232,7 +232,7 @@ def run_grid(
     progress: bool = True,
 ) -> GridResult:
     """Every (k, target) cell of the protocol for one method; one table beside published."""
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_seconds()
     cls = method_class(method)
     shots = parse_shots(shots)
     sets = parse_sets(sets)
@@ -292,13 +292,34 @@ def run_grid(
                 "runs": str(work),
                 "overrides": list(overrides),
                 "workers": workers,
+                "device": _device_text(device),
                 "wall_time_s": round(wall, 1),
+                "cpu_time_s": round(_cpu_seconds() - cpu0, 1),
                 "note": note,
             },
             indent=2,
         ),
     )
     return GridResult(long, wide, out, wall)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (parallel runs)."""
+    import resource
+
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+
+
+def _device_text(device: str | None) -> str:
+    from aaclip.runtime import device_name, pick_device
+
+    return device_name(pick_device(device))
 
 
 def selection_note(cls, cfg: ExperimentConfig, profile: str) -> str:
