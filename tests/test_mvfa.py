@@ -443,6 +443,16 @@ def test_protocol_arguments_are_checked_in_one_line(synthetic_root):
     medical.check_pixel_sets(root, ["Brain", "Chest"], ["Brain", "Liver"])
 
 
+def test_records_where_the_converter_writes_them_by_default(tmp_path):
+    from data_prep import mvfa as converter
+
+    assert {s.obj: s.converted for s in medical.SETS if s.converted} == converter.PAPER_FOLDERS
+    (tmp_path / "Retina").mkdir()
+    (tmp_path / "Retina" / "test.jsonl").write_text("")
+    found = medical._records_file(tmp_path, "Retina_RESC", "test.jsonl")
+    assert found == tmp_path / "Retina" / "test.jsonl"
+
+
 def test_leave_one_out_and_few_shot_run_configs(synthetic_root, tmp_path):
     root = mvfa_root(synthetic_root)
     zero = medical.run_config("mvfa", "smoke", root, "Liver", 0, tmp_path)
