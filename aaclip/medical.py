@@ -45,17 +45,20 @@ from aaclip.results import load_published, write_table
 
 @dataclass(frozen=True)
 class MedicalSet:
-    """One set of the protocol: folder name (`<Obj>_AD`), published name, masks or not."""
+    """One set of the protocol: folder name (`<Obj>_AD`), published name, masks or not, and
+    the folder `data_prep.mvfa` writes its records to by default when that is a paper-profile
+    target of AA-CLIP (`data/Brain`, ...; the others stay in `<Obj>_AD`)."""
 
     obj: str
     shown_as: str
     segmentation: bool
+    converted: str | None = None
 
 
 SETS = (
-    MedicalSet("Brain", "BrainMRI", True),
-    MedicalSet("Liver", "LiverCT", True),
-    MedicalSet("Retina_RESC", "RESC", True),
+    MedicalSet("Brain", "BrainMRI", True, "Brain"),
+    MedicalSet("Liver", "LiverCT", True, "Liver"),
+    MedicalSet("Retina_RESC", "RESC", True, "Retina"),
     MedicalSet("Retina_OCT2017", "OCT17", False),
     MedicalSet("Chest", "ChestXray", False),
     MedicalSet("Histopathology", "HIS", False),
@@ -120,13 +123,16 @@ def parse_sets(names: str | Sequence[str] | None) -> list[str]:
 
 
 def _records_file(root: Path, obj: str, name: str) -> Path:
+    """`<root>/<Obj>_AD/<name>`, else where `data_prep.mvfa` writes it by default."""
     path = root / f"{obj}_AD" / name
-    if not path.is_file():
-        raise ProtocolError(
-            f"{path}: missing; convert the set with `python -m data_prep.mvfa --root "
-            f"{root / (obj + '_AD')} --shots <fewshot_seed folder>`"
-        )
-    return path
+    converted = BY_OBJ[obj].converted
+    for candidate in (path, root / converted / name if converted else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise ProtocolError(
+        f"{path}: missing; convert the set with `python -m data_prep.mvfa --root "
+        f"{root / (obj + '_AD')} --shots <fewshot_seed folder>`"
+    )
 
 
 def check_pixel_sets(root: Path, sets: list[str], pixel_sets: list[str]) -> None:
@@ -232,7 +238,7 @@ def run_grid(
     progress: bool = True,
 ) -> GridResult:
     """Every (k, target) cell of the protocol for one method; one table beside published."""
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_seconds()
     cls = method_class(method)
     shots = parse_shots(shots)
     sets = parse_sets(sets)
@@ -292,13 +298,34 @@ def run_grid(
                 "runs": str(work),
                 "overrides": list(overrides),
                 "workers": workers,
+                "device": _device_text(device),
                 "wall_time_s": round(wall, 1),
+                "cpu_time_s": round(_cpu_seconds() - cpu0, 1),
                 "note": note,
             },
             indent=2,
         ),
     )
     return GridResult(long, wide, out, wall)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (parallel runs)."""
+    import resource
+
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+
+
+def _device_text(device: str | None) -> str:
+    from aaclip.runtime import device_name, pick_device
+
+    return device_name(pick_device(device))
 
 
 def selection_note(cls, cfg: ExperimentConfig, profile: str) -> str:
