@@ -116,14 +116,12 @@ def plan(nb: Notebook, methods: Sequence[str] | None = None) -> list[Plan]:
         theirs = {Path(p).parent for p in (own.data.train_records, *own.data.test_records)}
         if theirs != ours or any(getattr(own.data, "memory_records", ())):
             names = ", ".join(own.data.test_datasets)
-            out.append(
-                Plan(
-                    m,
-                    None,
-                    f"its {nb.profile} preset reads another data layout (trains on "
-                    f"{own.data.train_dataset}, tests on {names})",
-                )
+            where = (
+                "the MVFA medical sets (see the MVFA protocol)"
+                if any(p.name.endswith("_AD") for p in theirs)
+                else f"another data layout (trains on {own.data.train_dataset}, tests on {names})"
             )
+            out.append(Plan(m, None, f"its {nb.profile} preset reads {where}"))
             continue
         out.append(Plan(m, nb.config(m)))
     return out
