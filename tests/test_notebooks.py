@@ -409,6 +409,10 @@ def test_07_all_methods(workspace):
     assert list(selection.method) == registered
     assert all("test set" in r for r in selection.release[selection.method != "CLIP"])
     assert {"Fig. 5", "all-methods table"} <= {o["paper"] for o in s["outputs"]}
+    # the MVFA medical protocol runs through aaclip.medical for the methods declaring it
+    from aaclip.analysis.methods import mvfa_methods, mvfa_protocol
+
+    assert s["mvfa_protocol"] == (mvfa_protocol() is not None and bool(mvfa_methods()))
 
 
 def test_report_links_every_paper_figure_and_table(workspace):

@@ -6,6 +6,7 @@ maps of every method on the same images (paper Fig. 5)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,9 @@ def plan(nb: Notebook, methods: Sequence[str] | None = None) -> list[Plan]:
     """Every registered method (or `methods`, in registry order) in the notebook's protocol.
 
     A method runs with its own preset of the profile (model, schedule, backbone) on the
-    notebook's records; a method without a preset of the profile, or whose preset uses
-    another data layout (e.g. MVFA-AD's medical sets), is skipped with the reason.
+    notebook's records. A method without a preset of the profile, or whose preset reads
+    another data layout (records in other folders, or reference normals for a few-shot
+    memory bank, as MVFA-AD's medical sets), is skipped with the reason.
     """
     from aaclip.methods import list_methods, method_class
 
@@ -102,6 +104,7 @@ def plan(nb: Notebook, methods: Sequence[str] | None = None) -> list[Plan]:
     unknown = [m for m in methods or () if m not in registered]
     if unknown:
         raise MissingInputsError(f"methods {unknown} are not registered: {registered}")
+    ours = {Path(p).parent for p in (nb.cfg.data.train_records, *nb.cfg.data.test_records)}
     out = []
     for m in registered:
         if methods and m not in methods:
@@ -110,29 +113,18 @@ def plan(nb: Notebook, methods: Sequence[str] | None = None) -> list[Plan]:
             out.append(Plan(m, None, f"no {nb.profile!r} preset"))
             continue
         own = profile_config(nb.profile, _data_root(nb), nb.root, m)
-        ours = {
-            p.removesuffix(".quick.jsonl").removesuffix(".jsonl") for p in nb.cfg.data.test_records
-        }
-        theirs = {p.removesuffix(".jsonl") for p in own.data.test_records}
-        shared = ours <= theirs
-        if not shared or own.data.train_records != nb.cfg.data.train_records:
+        theirs = {Path(p).parent for p in (own.data.train_records, *own.data.test_records)}
+        if theirs != ours or any(getattr(own.data, "memory_records", ())):
             names = ", ".join(own.data.test_datasets)
-            out.append(
-                Plan(
-                    m,
-                    None,
-                    f"its {nb.profile} preset uses another data layout (trains on "
-                    f"{own.data.train_dataset}, tests on {names})",
-                )
+            where = (
+                "the MVFA medical sets (see the MVFA protocol)"
+                if any(p.name.endswith("_AD") for p in theirs)
+                else f"another data layout (trains on {own.data.train_dataset}, tests on {names})"
             )
+            out.append(Plan(m, None, f"its {nb.profile} preset reads {where}"))
             continue
         out.append(Plan(m, nb.config(m)))
     return out
-
-
-def _stem(records_file: str) -> str:
-    """A records file without its suffix (quick mode's cut `.quick.jsonl` as the original)."""
-    return records_file.removesuffix(".jsonl").removesuffix(".quick")
 
 
 def _data_root(nb: Notebook) -> str:
@@ -296,11 +288,12 @@ MVFA_PROTOCOL_CANDIDATES = (
     ("aaclip.protocols", "run_grid"),
 )
 # The part of the grid notebook 07 runs: the paper's columns are k = 0 (leave-one-out) and
-# k = 4; the smoke run keeps to k = 4 and quick mode to two sets (one with masks).
+# k = 4 on six sets; under smoke k = 4 on one set with masks and one without (minutes on a
+# CPU), in quick mode on the first only. `aaclip protocol mvfa` runs the whole grid.
 MVFA_GRID = {
     "paper": {"shots": (0, 4), "sets": None},
-    "smoke": {"shots": (4,), "sets": None},
-    "quick": {"shots": (4,), "sets": ("Brain", "Chest")},
+    "smoke": {"shots": (4,), "sets": ("Brain", "Chest")},
+    "quick": {"shots": (4,), "sets": ("Brain",)},
 }
 
 
@@ -317,7 +310,7 @@ def mvfa_protocol() -> Callable[..., Any] | None:
 
 
 def mvfa_methods() -> list[str]:
-    """Registered methods the MVFA protocol applies to (they declare `PROTOCOLS`)."""
+    """Registered methods that declare the MVFA protocol's modes (`PROTOCOLS`)."""
     from aaclip.methods import list_methods, method_class
 
     return [m for m in list_methods() if getattr(method_class(m), "PROTOCOLS", None)]
@@ -325,19 +318,26 @@ def mvfa_methods() -> list[str]:
 
 def run_mvfa_protocol(
     nb: Notebook, runner: Callable[..., Any], methods: Sequence[str] | None = None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The MVFA grid (`MVFA_GRID` of the profile) for every method it applies to, through
-    the package's runner; run folders under the notebook's runs, one long table back."""
+    the package's runner; run folders under the notebook's runs. Returns the long table
+    (method, shots, target, metric, value) and the runner's table beside the published
+    columns, one block per method."""
     grid = MVFA_GRID["quick" if nb.quick else ("smoke" if nb.smoke else "paper")]
     root = Path(_data_root(nb))
     data_root = root / "mvfa" if nb.smoke else root
     parts = []
+    accepts = inspect.signature(runner).parameters
     for m in methods or mvfa_methods():
+        where = nb.run_dir(nb.run_name(f"mvfa_protocol-{m}"))
+        folders = {"out_dir": where}
+        if "runs_dir" in accepts:
+            folders["runs_dir"] = where / "runs"
         result = runner(
             m,
             shots=grid["shots"],
             profile=nb.profile,
-            out_dir=nb.run_dir(f"mvfa_protocol-{m}"),
+            **folders,
             data_root=data_root,
             sets=grid["sets"],
             overrides=[f"train.seed={nb.seeds[0]}"]
@@ -348,5 +348,12 @@ def run_mvfa_protocol(
         )
         long = result.long.copy()
         long["method"] = published_name(m)
-        parts.append(long)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        table = result.table.copy()
+        table.insert(0, "method", published_name(m))
+        parts.append((long, table))
+    if not parts:
+        return pd.DataFrame(), pd.DataFrame()
+    return (
+        pd.concat([p[0] for p in parts], ignore_index=True),
+        pd.concat([p[1] for p in parts], ignore_index=True),
+    )

@@ -4,6 +4,7 @@ paper's), plus the key-number summary each notebook ends with."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -245,6 +246,7 @@ class Notebook:
     def note_for(self, cfg: ExperimentConfig | None, extra: Iterable[str] = ()) -> str:
         """Banners plus where `cfg` (None: no config, e.g. a metric demo) differs from the
         paper, plus `extra` differences of this table."""
+        extra = [e for e in extra if e]
         diff = differences_text(cfg, extra) if cfg is not None else "; ".join(extra)
         return "\n> ".join(p for p in (self.banner, diff) if p)
 
@@ -305,6 +307,7 @@ class Notebook:
         names where the settings of `cfg` (True: the notebook's; None: none) differ from the
         paper's, plus `extra`. `what` (one line) and `paper` go to results/REPORT.md."""
         cfg = self.cfg if cfg is True else cfg
+        extra = [e for e in extra if e]
         diff = differences_text(cfg, extra) if cfg else "; ".join(extra)
         if diff:
             footer(fig, diff)
@@ -384,12 +387,11 @@ def footer(fig: Figure, text: str) -> None:
 
 
 def _method_config(nb: Notebook, method: str) -> ExperimentConfig:
-    """Another method's preset of the notebook's profile on the notebook's test sets, with
-    the notebook's shots / epochs / quick settings."""
+    """Another method's preset of the notebook's profile (model, schedule, backbone) on the
+    notebook's records (its `data` section), with its shots / epochs / seed / quick mode."""
     cfg = profile_config(nb.profile, _data_root_of(nb.cfg), nb.root, method)
-    cfg = select_targets(cfg, list(nb.cfg.data.test_datasets))
-    cfg = apply_overrides(cfg, _run_overrides(nb.shots, nb.epochs, nb.quick, nb.seeds[0]))
-    return quick_test_records(cfg) if nb.quick else cfg
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(nb.cfg.data))
+    return apply_overrides(cfg, _run_overrides(nb.shots, nb.epochs, nb.quick, nb.seeds[0]))
 
 
 def _data_root_of(cfg: ExperimentConfig) -> str:
