@@ -29,7 +29,7 @@ reproduce: $(STAMP)
 ##       then nbval over the committed notebooks, smoke in quick mode)
 test: $(STAMP)
 	$(BIN)/ruff check aaclip data_prep tests
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests ; rc=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests ; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
