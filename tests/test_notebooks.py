@@ -48,10 +48,10 @@ PARAMETERS = {
     "01_anomaly_unawareness": BASE,
     "02_stage1_text_adaptation": BASE | TRAINING,
     "03_stage2_patch_alignment": BASE | TRAINING,
-    "04_zero_shot_benchmark": BASE | TRAINING | {"method": "aaclip"},
-    "05_ablations": BASE | TRAINING | {"method": "aaclip"},
+    "04_zero_shot_benchmark": BASE | TRAINING | {"method": "aaclip", "workers": 2},
+    "05_ablations": BASE | TRAINING | {"method": "aaclip", "workers": 2},
     "06_metrics_protocol": BASE | TRAINING | {"method": "aaclip"},
-    "07_all_methods": BASE | TRAINING | {"methods": None},
+    "07_all_methods": BASE | TRAINING | {"methods": None, "workers": 2},
 }
 CHECK = "# NBVAL_CHECK_OUTPUT"
 SMOKE_BANNER = "SMOKE PROFILE — tiny random CLIP on synthetic data"

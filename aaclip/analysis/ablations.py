@@ -5,9 +5,11 @@ and data efficiency over k-shot training sets (paper Fig. 4)."""
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +114,23 @@ def ablation_table(
     return wide, long
 
 
-# --------------------------------------------------------------------------- 06: metrics
+# A variant to run: (row name, base config, overrides, run folder name or None for the name).
+Job = tuple[str, ExperimentConfig, list[str], str | None]
+
+
+def _train_in_worker(cfg: ExperimentConfig, run_dir: str, device: str | None) -> None:
+    """Train one run in a fresh process, one thread (the processes share the cores)."""
+    import logging
+
+    import torch
+
+    from aaclip.train import train
+
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" at WARNING
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the evaluating call repeats and collects them
+        train(cfg, run_dir, device=device, progress=False)
 
 
 class VariantRunner:
@@ -146,6 +164,36 @@ class VariantRunner:
         self._done[key] = result
         return result
 
+    def train_ahead(self, jobs: Sequence[Job], workers: int = 1) -> None:
+        """Train the runs of `jobs` `workers` at a time in fresh processes (one thread each),
+        so that the calls which follow only evaluate. Runs that already finished, the aliases
+        and repeated configs train once or not at all; with one worker nothing is done here
+        (each call trains in turn, as before)."""
+        from aaclip import runs
+
+        todo: dict[str, tuple[ExperimentConfig, Path]] = {}
+        for name, cfg, overrides, folder in jobs:
+            vcfg = apply_overrides(cfg, overrides)
+            key = vcfg.to_json()
+            if key in todo or key in self.aliases or not runs.last_stage(vcfg)[0]:
+                continue
+            where = self.run_dir(folder or name)
+            try:
+                runs.final_checkpoint(where, vcfg)
+                continue  # finished: the call reuses it
+            except FileNotFoundError:
+                todo[key] = (vcfg, where)
+        if workers <= 1 or len(todo) < 2:
+            return
+        self.progress(f"training {len(todo)} variants, {workers} at a time")
+        spawn = multiprocessing.get_context("spawn")  # no inherited torch state
+        with ProcessPoolExecutor(min(workers, len(todo)), spawn) as pool:
+            futures = [
+                pool.submit(_train_in_worker, c, str(w), self.device) for c, w in todo.values()
+            ]
+            for future in futures:
+                future.result()  # a failed training raises here, naming its error
+
 
 # --------------------------------------------------------------------------- Table 3
 
@@ -169,19 +217,34 @@ def component_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentCo
     return base
 
 
+def component_jobs(base: ExperimentConfig, default_folder: str = "ablation_default") -> list[Job]:
+    """Every row of Table 3 as a job ('CLIP' is frozen CLIP, no training); the full model's
+    run is `default_folder` (shared with the ablations when configs agree)."""
+    out: list[Job] = []
+    for row, overrides in COMPONENTS.items():
+        if overrides is None:
+            out.append((row, switch_method(base, "clip"), [], "clip"))
+        else:
+            folder = default_folder if not overrides else f"component_{_slug(row)}"
+            out.append((row, base, overrides, folder))
+    return out
+
+
+def switch_jobs(base: ExperimentConfig) -> list[Job]:
+    """One job per known-defect switch and the default (`ablation_variants`)."""
+    return [(n, base, o, f"ablation_{n}") for n, o in ablation_variants(base).items()]
+
+
+def run_jobs(runner: VariantRunner, jobs: Sequence[Job]) -> list[VariantResult]:
+    """Train (unless already trained) and evaluate each job in order."""
+    return [runner(name, cfg, overrides, folder=folder) for name, cfg, overrides, folder in jobs]
+
+
 def run_components(
     runner: VariantRunner, base: ExperimentConfig, default_folder: str = "ablation_default"
 ) -> list[VariantResult]:
-    """Train and evaluate every row of Table 3 ('CLIP' is evaluated without training); the
-    full model's run is `default_folder` (shared with the ablations when configs agree)."""
-    out = []
-    for row, overrides in COMPONENTS.items():
-        if overrides is None:
-            out.append(runner(row, switch_method(base, "clip"), [], folder="clip"))
-        else:
-            folder = default_folder if not overrides else f"component_{_slug(row)}"
-            out.append(runner(row, base, overrides, folder=folder))
-    return out
+    """Train and evaluate every row of Table 3 (`component_jobs`)."""
+    return run_jobs(runner, component_jobs(base, default_folder))
 
 
 def _slug(text: str) -> str:
@@ -246,19 +309,24 @@ def shots_grid(cfg: ExperimentConfig, quick: bool = False) -> tuple[int | None, 
     return DATA_EFFICIENCY_SHOTS["smoke" if cfg.profile == "smoke" else "paper"]
 
 
-def run_shots(
-    runner: VariantRunner, base: ExperimentConfig, grid: Sequence[int | None]
-) -> list[VariantResult]:
-    """One run per k of `grid` on the ablation config (None: every training image)."""
-    out = []
+def shot_jobs(base: ExperimentConfig, grid: Sequence[int | None]) -> list[Job]:
+    """One job per k of `grid` on the ablation config (None: every training image)."""
+    out: list[Job] = []
     for k in grid:
         label = "full" if k is None else str(k)
         if k == base.train.shots:
-            out.append(runner(label, base, [], folder="ablation_default"))
-            continue
-        value = "null" if k is None else k
-        out.append(runner(label, base, [f"train.shots={value}"], folder=f"shots_{label}"))
+            out.append((label, base, [], "ablation_default"))
+        else:
+            value = "null" if k is None else k
+            out.append((label, base, [f"train.shots={value}"], f"shots_{label}"))
     return out
+
+
+def run_shots(
+    runner: VariantRunner, base: ExperimentConfig, grid: Sequence[int | None]
+) -> list[VariantResult]:
+    """Train and evaluate one run per k of `grid` (`shot_jobs`)."""
+    return run_jobs(runner, shot_jobs(base, grid))
 
 
 def shots_table(results: Sequence[VariantResult]) -> pd.DataFrame:

@@ -317,12 +317,15 @@ def mvfa_methods() -> list[str]:
 
 
 def run_mvfa_protocol(
-    nb: Notebook, runner: Callable[..., Any], methods: Sequence[str] | None = None
+    nb: Notebook,
+    runner: Callable[..., Any],
+    methods: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The MVFA grid (`MVFA_GRID` of the profile) for every method it applies to, through
-    the package's runner; run folders under the notebook's runs. Returns the long table
-    (method, shots, target, metric, value) and the runner's table beside the published
-    columns, one block per method."""
+    the package's runner (`workers` cells at a time); run folders under the notebook's runs.
+    Returns the long table (method, shots, target, metric, value) and the runner's table
+    beside the published columns, one block per method."""
     grid = MVFA_GRID["quick" if nb.quick else ("smoke" if nb.smoke else "paper")]
     root = Path(_data_root(nb))
     data_root = root / "mvfa" if nb.smoke else root
@@ -330,9 +333,11 @@ def run_mvfa_protocol(
     accepts = inspect.signature(runner).parameters
     for m in methods or mvfa_methods():
         where = nb.run_dir(nb.run_name(f"mvfa_protocol-{m}"))
-        folders = {"out_dir": where}
+        folders: dict[str, Any] = {"out_dir": where}
         if "runs_dir" in accepts:
             folders["runs_dir"] = where / "runs"
+        if "workers" in accepts:
+            folders["workers"] = workers
         result = runner(
             m,
             shots=grid["shots"],

@@ -1,0 +1,59 @@
+"""Variants trained ahead in parallel processes (notebooks 04, 05) equal variants trained one
+after another in this process: same checkpoints bit for bit, same tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aaclip import analysis, runs
+from aaclip.config import apply_overrides, preset
+
+
+def _base(synthetic_root: Path):
+    cfg = preset("smoke", data_root=str(synthetic_root))
+    return apply_overrides(cfg, ["train.max_epochs=1", "train.shots=4"])
+
+
+@pytest.mark.slow
+def test_train_ahead_in_two_processes_equals_training_in_turn(synthetic_root, tmp_path):
+    base = _base(synthetic_root)
+    jobs = [("default", base, [], None), ("shots 2", base, ["train.shots=2"], "shots_2")]
+    seen: list[str] = []
+    parallel = analysis.VariantRunner(lambda f: tmp_path / "parallel" / f, "cpu", seen.append)
+    parallel.train_ahead(jobs, workers=2)
+    assert any("training 2 variants, 2 at a time" in s for s in seen), seen
+    for name, cfg, overrides, folder in jobs:  # trained ahead: finished before any call
+        vcfg = apply_overrides(cfg, overrides)
+        assert runs.final_checkpoint(tmp_path / "parallel" / (folder or name), vcfg).is_file()
+    in_turn = analysis.VariantRunner(lambda f: tmp_path / "in_turn" / f, "cpu")
+    in_turn.train_ahead(jobs, workers=1)  # one worker: nothing ahead, each call trains
+    assert not (tmp_path / "in_turn").exists()
+
+    a = analysis.run_jobs(parallel, jobs)
+    b = analysis.run_jobs(in_turn, jobs)
+    for ra, rb in zip(a, b, strict=True):
+        ca = load_file(runs.final_checkpoint(ra.run_dir, ra.cfg))
+        cb = load_file(runs.final_checkpoint(rb.run_dir, rb.cfg))
+        assert ca.keys() == cb.keys()
+        assert all(torch.equal(ca[k], cb[k]) for k in ca), ra.name
+        cols = ["dataset", "class_name", "pixel_auroc", "image_auroc"]
+        assert ra.table[cols].equals(rb.table[cols]), ra.name
+
+
+def test_train_ahead_skips_finished_runs_aliases_and_repeats(synthetic_root, tmp_path):
+    base = _base(synthetic_root)
+    alias = tmp_path / "main"
+    runner = analysis.VariantRunner(
+        lambda f: tmp_path / f, "cpu", aliases=[(apply_overrides(base, []), alias)]
+    )
+    clip = analysis.component_jobs(base)[0]  # frozen CLIP: nothing to train
+    seen: list[str] = []
+    runner.progress = seen.append
+    # the alias (the main run) and a repeated config leave one job: nothing goes ahead
+    runner.train_ahead([("a", base, [], None), clip, ("b", base, ["train.shots=2"], None),
+                        ("c", base, ["train.shots=2"], None)], workers=2)  # fmt: skip
+    assert seen == [] and not any(tmp_path.iterdir())
