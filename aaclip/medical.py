@@ -337,8 +337,9 @@ def selection_note(cls, cfg: ExperimentConfig, profile: str) -> str:
     batch = stages[stage - 1].batch_size if stage else None
     note = (
         "Published columns: the released code keeps the epoch that scores best on the test "
-        "set (MVFA-AD's train_few.py / train_zero.py; its GitHub issue #17); 'paper' and 'implementation' are "
-        "the authors' README columns (rows of results/published_results.csv). Ours: a fixed "
+        "set (MVFA-AD's train_few.py / train_zero.py; its GitHub issue #17); 'paper' and "
+        "'implementation' are the authors' README columns (rows of "
+        "results/published_results.csv). Ours: a fixed "
         f"epoch, the last of the schedule ({epochs}), batch size {batch}, never selected on "
         "the test set. Image AUROC on every set, pixel AUROC on the segmentation sets; "
         "'medical average' = unweighted mean over the sets where a metric is defined."
