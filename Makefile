@@ -26,7 +26,8 @@ reproduce: $(STAMP)
 	$(BIN)/python -m aaclip.reproduce --profile $(PROFILE) --data $(DATA) --results $(RESULTS)
 
 ## test: lint, then the whole test suite (unit, integration, notebooks: papermill batch runs,
-##       then nbval over the committed notebooks, smoke in quick mode)
+##       then nbval over the committed notebooks, smoke in quick mode); two pytest-xdist
+##       workers, each taking whole files (tests/conftest.py orders the longest first)
 test: $(STAMP)
 	$(BIN)/ruff check aaclip data_prep tests
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests ; rc=$$?; \
