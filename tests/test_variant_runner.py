@@ -21,7 +21,10 @@ def _base(synthetic_root: Path):
 @pytest.mark.slow
 def test_train_ahead_in_two_processes_equals_training_in_turn(synthetic_root, tmp_path):
     base = _base(synthetic_root)
-    jobs = [("default", base, [], None), ("shots 2", base, ["train.shots=2"], "shots_2")]
+    # official descriptions fall back to folder names on synthetic classes, with a warning
+    # per class during training: the warnings reach the result either way
+    official = ["model.class_descriptions=official"]
+    jobs = [("default", base, [], None), ("official", base, official, "official")]
     seen: list[str] = []
     parallel = analysis.VariantRunner(lambda f: tmp_path / "parallel" / f, "cpu", seen.append)
     parallel.train_ahead(jobs, workers=2)
@@ -42,6 +45,8 @@ def test_train_ahead_in_two_processes_equals_training_in_turn(synthetic_root, tm
         assert all(torch.equal(ca[k], cb[k]) for k in ca), ra.name
         cols = ["dataset", "class_name", "pixel_auroc", "image_auroc"]
         assert ra.table[cols].equals(rb.table[cols]), ra.name
+        assert ra.warnings == rb.warnings, ra.name
+    assert a[1].warnings and not a[0].warnings  # training's warnings came back from the worker
 
 
 def test_train_ahead_skips_finished_runs_aliases_and_repeats(synthetic_root, tmp_path):

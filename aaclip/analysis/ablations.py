@@ -118,8 +118,9 @@ def ablation_table(
 Job = tuple[str, ExperimentConfig, list[str], str | None]
 
 
-def _train_in_worker(cfg: ExperimentConfig, run_dir: str, device: str | None) -> None:
-    """Train one run in a fresh process, one thread (the processes share the cores)."""
+def _train_in_worker(cfg: ExperimentConfig, run_dir: str, device: str | None) -> list[str]:
+    """Train one run in a fresh process, one thread (the processes share the cores); returns
+    the warnings training raised, which the evaluating call reports with its own."""
     import logging
 
     import torch
@@ -128,9 +129,10 @@ def _train_in_worker(cfg: ExperimentConfig, run_dir: str, device: str | None) ->
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" at WARNING
     torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the evaluating call repeats and collects them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         train(cfg, run_dir, device=device, progress=False)
+    return list(dict.fromkeys(str(w.message) for w in caught))
 
 
 class VariantRunner:
@@ -151,6 +153,7 @@ class VariantRunner:
         self.progress = progress or (lambda message: None)
         self.aliases = {c.to_json(): Path(p) for c, p in aliases}
         self._done: dict[str, VariantResult] = {}
+        self._ahead: dict[str, list[str]] = {}  # config -> warnings of its training ahead
 
     def __call__(
         self, name: str, cfg: ExperimentConfig, overrides: list[str], folder: str | None = None
@@ -161,6 +164,9 @@ class VariantRunner:
         where = self.aliases.get(key) or self.run_dir(folder or name)
         self.progress(f"{name}: {' '.join(overrides) or '(default)'} -> {where.name}")
         result = run_variant(name, cfg, overrides, where, self.device)
+        if key in self._ahead:  # trained ahead: its training warnings come first, as in turn
+            messages = dict.fromkeys(self._ahead.pop(key) + result.warnings)
+            result = dataclasses.replace(result, warnings=list(messages))
         self._done[key] = result
         return result
 
@@ -188,11 +194,12 @@ class VariantRunner:
         self.progress(f"training {len(todo)} variants, {workers} at a time")
         spawn = multiprocessing.get_context("spawn")  # no inherited torch state
         with ProcessPoolExecutor(min(workers, len(todo)), spawn) as pool:
-            futures = [
-                pool.submit(_train_in_worker, c, str(w), self.device) for c, w in todo.values()
-            ]
-            for future in futures:
-                future.result()  # a failed training raises here, naming its error
+            futures = {
+                key: pool.submit(_train_in_worker, c, str(w), self.device)
+                for key, (c, w) in todo.items()
+            }
+            for key, future in futures.items():
+                self._ahead[key] = future.result()  # a failed training raises here
 
 
 # --------------------------------------------------------------------------- Table 3
