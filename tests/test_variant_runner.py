@@ -28,7 +28,7 @@ def test_train_ahead_in_two_processes_equals_training_in_turn(synthetic_root, tm
     seen: list[str] = []
     parallel = analysis.VariantRunner(lambda f: tmp_path / "parallel" / f, "cpu", seen.append)
     parallel.train_ahead(jobs, workers=2)
-    assert any("training 2 variants, 2 at a time" in s for s in seen), seen
+    assert any("training 2 variants ahead, 2 at a time" in s for s in seen), seen
     for name, cfg, overrides, folder in jobs:  # trained ahead: finished before any call
         vcfg = apply_overrides(cfg, overrides)
         assert runs.final_checkpoint(tmp_path / "parallel" / (folder or name), vcfg).is_file()
@@ -58,7 +58,13 @@ def test_train_ahead_skips_finished_runs_aliases_and_repeats(synthetic_root, tmp
     clip = analysis.component_jobs(base)[0]  # frozen CLIP: nothing to train
     seen: list[str] = []
     runner.progress = seen.append
-    # the alias (the main run) and a repeated config leave one job: nothing goes ahead
-    runner.train_ahead([("a", base, [], None), clip, ("b", base, ["train.shots=2"], None),
-                        ("c", base, ["train.shots=2"], None)], workers=2)  # fmt: skip
+    jobs = [("a", base, [], None), clip, ("b", base, ["train.shots=2"], None),
+            ("c", base, ["train.shots=2"], None)]  # fmt: skip
+    runner.train_ahead(jobs, workers=1)  # one worker: nothing ahead
     assert seen == [] and not any(tmp_path.iterdir())
+    # the alias (the main run), CLIP and a repeated config leave one job, trained in a worker
+    runner.train_ahead(jobs, workers=2)
+    assert seen == ["training 1 variant ahead, 1 at a time"]
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    runner.train_ahead(jobs, workers=2)  # finished now: nothing again
+    assert len(seen) == 1

@@ -174,26 +174,30 @@ class VariantRunner:
         """Train the runs of `jobs` `workers` at a time in fresh processes (one thread each),
         so that the calls which follow only evaluate. Runs that already finished, the aliases
         and repeated configs train once or not at all; with one worker nothing is done here
-        (each call trains in turn, as before)."""
+        (each call trains in turn, as before). A single run left also trains in a one-thread
+        process: a variant's numbers then never depend on how many others were finished."""
         from aaclip import runs
 
         todo: dict[str, tuple[ExperimentConfig, Path]] = {}
+        seen: set[str] = set()  # a config is run in the folder of its first job, as __call__ does
         for name, cfg, overrides, folder in jobs:
             vcfg = apply_overrides(cfg, overrides)
             key = vcfg.to_json()
-            if key in todo or key in self.aliases or not runs.last_stage(vcfg)[0]:
+            if key in seen or key in self.aliases or not runs.last_stage(vcfg)[0]:
                 continue
+            seen.add(key)
             where = self.run_dir(folder or name)
             try:
                 runs.final_checkpoint(where, vcfg)
                 continue  # finished: the call reuses it
             except FileNotFoundError:
                 todo[key] = (vcfg, where)
-        if workers <= 1 or len(todo) < 2:
+        if workers <= 1 or not todo:
             return
-        self.progress(f"training {len(todo)} variants, {workers} at a time")
+        n, at_once = len(todo), min(workers, len(todo))
+        self.progress(f"training {n} variant{'s' * (n != 1)} ahead, {at_once} at a time")
         spawn = multiprocessing.get_context("spawn")  # no inherited torch state
-        with ProcessPoolExecutor(min(workers, len(todo)), spawn) as pool:
+        with ProcessPoolExecutor(at_once, spawn) as pool:
             futures = {
                 key: pool.submit(_train_in_worker, c, str(w), self.device)
                 for key, (c, w) in todo.items()
