@@ -12,11 +12,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
 from aaclip.analysis.notebook import mean_rows
 from aaclip.config import ExperimentConfig, apply_overrides, switch_method
+
+T = TypeVar("T")
 
 # Variant runs under smoke train fewer epochs than the main run (quick mode: 1 per stage).
 ABLATION_EPOCHS = {
@@ -80,11 +83,16 @@ def run_variant(
     from aaclip.experiment import run
 
     vcfg = apply_overrides(cfg, overrides)
+    result, messages = _with_warnings(run, vcfg, run_dir, device=device, progress=False)
+    return VariantResult(name, overrides, vcfg, Path(run_dir), result.table, messages)
+
+
+def _with_warnings(fn: Callable[..., T], *args: object, **kwargs: object) -> tuple[T, list[str]]:
+    """fn's result and the distinct messages of every warning it raised, in order."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = run(vcfg, run_dir, device=device, progress=False).table
-    messages = list(dict.fromkeys(str(w.message) for w in caught))
-    return VariantResult(name, overrides, vcfg, Path(run_dir), table, messages)
+        result = fn(*args, **kwargs)
+    return result, list(dict.fromkeys(str(w.message) for w in caught))
 
 
 def ablation_table(
@@ -129,10 +137,7 @@ def _train_in_worker(cfg: ExperimentConfig, run_dir: str, device: str | None) ->
 
     logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "random init" at WARNING
     torch.set_num_threads(1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(cfg, run_dir, device=device, progress=False)
-    return list(dict.fromkeys(str(w.message) for w in caught))
+    return _with_warnings(train, cfg, run_dir, device=device, progress=False)[1]
 
 
 class VariantRunner:
