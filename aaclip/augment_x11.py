@@ -41,8 +41,8 @@ VARIANTS = (
 def variant_matrix(index: int) -> torch.Tensor | None:
     """The float32 2x3 ``affine_grid`` matrix of variant ``index`` (None: not a warp)."""
     if 1 <= index <= 4:
-        t = torch.tensor(ROTATIONS[index - 1], dtype=torch.float32)
-        c, s = torch.cos(t), torch.sin(t)
+        t = torch.tensor(ROTATIONS[index - 1], dtype=torch.float64)
+        c, s = torch.cos(t).float(), torch.sin(t).float()
         zero = torch.zeros((), dtype=torch.float32)
         return torch.stack([torch.stack([c, -s, zero]), torch.stack([s, c, zero])])
     if 5 <= index <= 8:

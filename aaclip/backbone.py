@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aaclip.runtime import apply_thread_policy, default_dtype, parameter_dtype
+
 WEIGHTS_ENV = "AACLIP_WEIGHTS"
 TINY_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(TINY_CONFIG_DIR)
@@ -149,6 +151,11 @@ class Backbone:
     def device(self) -> torch.device:
         return self.clip.token_embedding.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """float64 under the fp64 precision, else float32."""
+        return self.clip.token_embedding.weight.dtype
+
     def levels(self, levels: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """The given 1-based levels, else 1/4, 1/2, 3/4 and all of the vision depth."""
         return tuple(levels or default_levels(self.vision_depth))
@@ -162,6 +169,7 @@ def create_backbone(
     device: str | torch.device = "cpu",
     init_seed: int = 0,
     require_weights: bool = False,
+    precision: str = "fp32",
 ) -> Backbone:
     """Build an open_clip CLIP, load local weights if given, freeze it and put it in eval mode.
 
@@ -169,12 +177,14 @@ def create_backbone(
     (bicubic) by open_clip. `quick_gelu` defaults to False like the released AA-CLIP code.
     Without weights the random initialisation is drawn from `init_seed` alone, so the same
     random backbone is rebuilt in every process (training, evaluation, prediction). Weights
-    stay fp32: bf16 comes from autocast on GPU.
+    are float64 under `precision="fp64"` (built in float64, so a random init is the same on
+    every CPU), float32 otherwise: bf16 comes from autocast on GPU.
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown backbone {name!r}; tiny test configs: {tiny_model_names()}")
+    dtype = parameter_dtype(precision)
     path = resolve_weights(weights, name, require_weights)
-    with _quiet("root"), torch.random.fork_rng(devices=[]):
+    with _quiet("root"), torch.random.fork_rng(devices=[]), default_dtype(dtype):
         torch.manual_seed(init_seed)  # open_clip warns "initialized randomly": silenced
         model = open_clip.create_model(
             name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
@@ -188,15 +198,23 @@ def create_backbone(
         open_clip.model.resize_pos_embed(state, model)
         model.load_state_dict(state, strict=True)
     model.requires_grad_(False).eval()
+    # Images of any float dtype are accepted: the patch embedding casts them to the weights'.
+    model.visual.conv1.register_forward_pre_hook(_cast_to_weights)
     identity = backbone_identity(model, name, path, quick_gelu, init_seed, digest)
-    return Backbone(model.to(device=device), get_tokenizer(name), identity)
+    return Backbone(model.to(device=device, dtype=dtype), get_tokenizer(name), identity)
+
+
+def _cast_to_weights(conv: nn.Module, args: tuple) -> tuple:
+    return (args[0].to(conv.weight.dtype), *args[1:])
 
 
 def build_backbone(cfg, device: str | torch.device = "cpu") -> Backbone:
-    """The frozen backbone of a `BackboneConfig`."""
+    """The frozen backbone of a `BackboneConfig` (threads set by the thread policy when an
+    entry point switched it on: `runtime.use_thread_policy`)."""
+    apply_thread_policy(cfg.name in tiny_model_names(), device)
     return create_backbone(
         cfg.name, cfg.weights, cfg.image_size, cfg.quick_gelu, device,
-        require_weights=cfg.require_weights,
+        require_weights=cfg.require_weights, precision=cfg.precision,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from aaclip import runtime
 from aaclip.config import ExperimentConfig, apply_overrides, preset
 
 CONVERTERS = ("synthetic", "mvtec", "mpdd", "visa", "btad", "bmad", "colon", "mvfa")
@@ -519,7 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="tables (default results/protocol/<method>-<profile>)")
     sp.add_argument("--runs", help="run folders (default runs/protocol/<method>-<profile>)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
-    sp.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
+    sp.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="runs in parallel, one thread each (default: every core)",
+    )  # fmt: skip
     sp.add_argument("--device", help="cpu | cuda (default: cuda when available)")
 
     sp = sub.add_parser("bench", help="throughput, latency and peak memory")
@@ -573,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid": cmd_grid,
         "protocol": cmd_protocol,
     }
+    runtime.use_thread_policy()  # one thread for the tiny backbones, every core otherwise
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone speaks
     try:
         with warnings.catch_warnings():

@@ -421,6 +421,7 @@ class RecordDataset(torch.utils.data.Dataset):
         augment: str = "none",
         mean: Sequence[float] | None = CLIP_MEAN,
         std: Sequence[float] | None = CLIP_STD,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         check_augment(augment)
         if image_size < 1:
@@ -430,6 +431,7 @@ class RecordDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.augment = augment
         self.mean, self.std = mean, std
+        self.dtype = dtype  # the method's: augmentation runs in it too (fp64 is portable)
         self._color = color_transform() if augment == "geometric+color" else None
         self._joint = JointTransform() if augment in ("geometric", "geometric+color") else None
         self.expand = EXPANDING.get(augment, 1)
@@ -451,9 +453,10 @@ class RecordDataset(torch.utils.data.Dataset):
         img = load_image(self.root / rec.image_path)
         if self._color is not None:
             img = self._color(img)
-        image = image_to_tensor(img, s, self.mean, self.std)
+        image = image_to_tensor(img, s, self.mean, self.std, self.dtype)
         has_mask = rec.label == 1 and bool(rec.mask_path)
         mask = load_mask(self.root / str(rec.mask_path), s) if has_mask else torch.zeros(1, s, s)
+        mask = mask.to(self.dtype)
         if self._joint is not None:
             image, mask = self._joint(image, mask)
         if self.augment == "mvfa_x11":

@@ -173,9 +173,12 @@ def predict(
         ctx = {n: m.prepare_class(cls, dataset, domain, has_masks) for n, m in methods.items()}
         if memory is not None:
             normals = reference_images(memory, memory_root or root, cls, spec, device)
+            normals = normals.to(first.dtype)
             ctx = {n: m.fit_memory(ctx[n], normals) for n, m in methods.items()}
         loader = DataLoader(
-            data.RecordDataset(subset, root, spec.image_size, "none", spec.mean, spec.std),
+            data.RecordDataset(
+                subset, root, spec.image_size, "none", spec.mean, spec.std, first.dtype
+            ),
             batch_sampler=shards.batches(len(subset), batch_size),
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
@@ -183,7 +186,7 @@ def predict(
         parts: dict[str, list[Prediction]] = {name: [] for name in methods}
         masks, labels, paths = [], [], []
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
+            images = batch["image"].to(device, first.dtype, non_blocking=True)
             for name, method in methods.items():
                 parts[name].append(method.predict(images, ctx[name]).to(keep))
             masks.append((batch["mask"][:, 0] > 0.5).to(keep))

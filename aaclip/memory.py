@@ -59,13 +59,15 @@ class MemoryBank:
     def __init__(
         self,
         levels: Sequence[torch.Tensor],
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         chunk_elements: int = CHUNK_ELEMENTS,
     ) -> None:
-        """``levels``: per level (N, T, C) tokens of N images (CLS included) or (M, C)."""
+        """``levels``: per level (N, T, C) tokens of N images (CLS included) or (M, C); held
+        in ``dtype`` (default: the tokens' own, at least float32)."""
         if not levels or any(x.ndim not in (2, 3) or x.numel() == 0 for x in levels):
             shapes = [tuple(x.shape) for x in levels]
             raise ValueError(f"memory bank: expected non-empty (N, T, C) per level, got {shapes}")
+        dtype = dtype or torch.promote_types(levels[0].dtype, torch.float32)
         self.features = [normalise(x.detach().reshape(-1, x.shape[-1]).to(dtype)) for x in levels]
         self.dtype = dtype
         self.chunk_elements = chunk_elements

@@ -312,8 +312,12 @@ class Detector:
     @torch.no_grad()
     def raw(self, image: Image.Image, target: Target) -> tuple[float, torch.Tensor]:
         """Raw image score and raw map (S, S) at the model's input size, on the CPU."""
-        x = image_to_tensor(image, self.spec.image_size, self.spec.mean, self.spec.std)
-        pred = self.method.predict(x[None].to(self.device), self.context(target))
+        x = image_to_tensor(
+            image, self.spec.image_size, self.spec.mean, self.spec.std, self.method.dtype
+        )
+        pred = self.method.predict(
+            x[None].to(self.device, self.method.dtype), self.context(target)
+        )
         pred = pred.to(torch.device("cpu"))
         return float(raw_image_scores(pred, target.domain)[0]), pred.maps[0].float()
 
@@ -363,6 +367,10 @@ class _Baked:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32  # exports are float32
 
     def prepare_class(self, class_name, dataset, domain, has_masks=True, description=None):
         return ClassContext(class_name, dataset, domain)

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from aaclip.runtime import full_precision
+
 LOGIT_SCALE = 100.0
 BLUR = {"industrial": (7, 1.0), "medical": (9, 1.5)}  # kernel size, sigma
 
@@ -32,7 +34,7 @@ def training_probs(features: torch.Tensor, anchors: torch.Tensor, size: int) -> 
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, 1, H, W) with reflect padding."""
     half = kernel_size // 2
-    coords = torch.arange(kernel_size, dtype=torch.float32, device=x.device) - half
+    coords = torch.arange(kernel_size, dtype=torch.float64, device=x.device) - half
     kernel = torch.exp(-(coords**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).to(x.dtype)
     x = F.pad(x, (half, half, half, half), mode="reflect")
@@ -47,7 +49,7 @@ def anomaly_map(
     kernel, sigma = BLUR[domain]
     total = None
     for features in level_features:
-        s = patch_logits(features, anchors).float()
+        s = full_precision(patch_logits(features, anchors))
         m = ((s[:, 1] + 1 - s[:, 0]) / 2).unsqueeze(1)
         m = upsample(gaussian_blur(m, kernel, sigma), size)[:, 0]
         total = m if total is None else total + m
@@ -56,7 +58,7 @@ def anomaly_map(
 
 def image_probability(global_feature: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """p = (v . t_abnormal + 1) / 2 for detection features (B, E)."""
-    return ((global_feature.float() @ anchors.float())[:, 1] + 1) / 2
+    return ((full_precision(global_feature) @ full_precision(anchors))[:, 1] + 1) / 2
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:

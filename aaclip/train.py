@@ -71,9 +71,14 @@ class Optimiser:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors of a loader batch on the device; lists (class names, paths) as they are."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, dtype: torch.dtype | None = None) -> dict:
+    """Tensors of a loader batch on the device, floating ones in `dtype` when given (the
+    method's); lists (class names, paths) as they are."""
+
+    def move(v: torch.Tensor) -> torch.Tensor:
+        return v.to(device, dtype) if dtype is not None and v.is_floating_point() else v.to(device)
+
+    return {k: move(v) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def train_step(
@@ -278,7 +283,7 @@ def train(
         method.train()
         replica = distributed.Replica(method, stage, ctx) if ctx.world > 1 else None
         dataset = data.RecordDataset(
-            records, root, spec.image_size, augment=stage.augment, mean=spec.mean, std=spec.std
+            records, root, spec.image_size, stage.augment, spec.mean, spec.std, method.dtype
         )
         steps = len(_loader(dataset, stage.batch_size, 0, 0, stage.one_class_per_batch))
         bar = tqdm(
@@ -298,7 +303,9 @@ def train(
             epoch_terms: list[dict[str, float]] = []
             for step, batch in enumerate(loader):
                 try:
-                    terms = train_step(method, stage, to_device(batch, dev), opt, replica=replica)
+                    terms = train_step(
+                        method, stage, to_device(batch, dev, method.dtype), opt, replica=replica
+                    )
                 except FloatingPointError as err:
                     kept = (
                         f"last good checkpoint: {last_ckpt}"

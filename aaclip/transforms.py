@@ -72,11 +72,12 @@ def image_to_tensor(
     size: int,
     mean: Sequence[float] | None = CLIP_MEAN,
     std: Sequence[float] | None = CLIP_STD,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Resize an RGB PIL image to (size, size) bicubic (no crop), to float in [0, 1], then
+    """Resize an RGB PIL image to (size, size) bicubic (no crop), to `dtype` in [0, 1], then
     normalise with mean/std (None: leave in [0, 1], as MVFA-AD's release does)."""
     image = image.resize((size, size), Image.Resampling.BICUBIC)
-    x = v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True)
+    x = v2.functional.to_dtype(v2.functional.to_image(image), dtype, scale=True)
     if mean is not None:
         x = v2.functional.normalize(x, list(mean), list(std))
     return x.as_subclass(torch.Tensor)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from aaclip import data, losses, metrics, prompts, scoring, text
 from aaclip.config import ExperimentConfig
 from aaclip.evaluate import EvalSet, eval_sets
+from aaclip.runtime import full_precision
 
 
 @torch.no_grad()
@@ -42,7 +43,7 @@ def patch_scores(
 ) -> torch.Tensor:
     """f·(t_a − t_n) of the last level's patch features on the patch grid: (B, g, g)."""
     seg, _ = model.encode_image(images)
-    logits = scoring.patch_logits(seg[-1].float(), anchors.float())
+    logits = scoring.patch_logits(full_precision(seg[-1]), full_precision(anchors))
     return (logits[:, 1] - logits[:, 0]) / scoring.LOGIT_SCALE
 
 
@@ -69,9 +70,10 @@ def patch_score_samples(
         records = ts.records()
         for cls in data.class_names(records):
             subset = [r for r in records if r.class_name == cls]
-            anchors = _anchors(model, [cls], ts.dataset, adapted)[cls].float()
+            anchors = full_precision(_anchors(model, [cls], ts.dataset, adapted)[cls])
             loader = torch.utils.data.DataLoader(
-                data.RecordDataset(subset, ts.root, size), batch_size=cfg.eval.batch_size
+                data.RecordDataset(subset, ts.root, size, dtype=model.dtype),
+                batch_size=cfg.eval.batch_size,
             )
             picked: dict[str, list[torch.Tensor]] = {"normal": [], "anomalous": []}
             for batch in loader:
@@ -146,7 +148,7 @@ def anchor_comparison(
         cos: dict[str, dict[str, float]] = {}
         for key, (model, adapted) in encoders.items():
             anchors = _anchors(model, names, dataset, adapted)
-            stacked = torch.stack([anchors[n].float() for n in names])
+            stacked = torch.stack([full_precision(anchors[n]) for n in names])
             term[f"disentangle_{key}"] = float(losses.disentangle_loss(stacked))
             cos[key] = {n: float(a[:, 0] @ a[:, 1]) for n, a in anchors.items()}
         terms.append(term)
@@ -215,13 +217,14 @@ def image_text_similarity(
         records = ts.records()
         for cls in data.class_names(records):
             subset = [r for r in records if r.class_name == cls]
-            anchors = _anchors(model, [cls], ts.dataset, adapted=False)[cls].float()
+            anchors = full_precision(_anchors(model, [cls], ts.dataset, adapted=False)[cls])
             loader = torch.utils.data.DataLoader(
-                data.RecordDataset(subset, ts.root, size), batch_size=cfg.eval.batch_size
+                data.RecordDataset(subset, ts.root, size, dtype=model.dtype),
+                batch_size=cfg.eval.batch_size,
             )
             for batch in loader:
                 _, image = model.encode_image(batch["image"].to(device))
-                sims = F.normalize(image.float(), dim=-1) @ anchors
+                sims = F.normalize(full_precision(image), dim=-1) @ anchors
                 frames.append(
                     pd.DataFrame(
                         {
@@ -295,7 +298,7 @@ def text_similarity_matrix(
     names = [n for _, n in classes]
     vectors = [anchors[n][:, 0] for n in names] + [anchors[n][:, 1] for n in names]
     labels = [f"{n} · N" for n in names] + [f"{n} · A" for n in names]
-    m = torch.stack(vectors).float()
+    m = full_precision(torch.stack(vectors))
     return pd.DataFrame((m @ m.T).cpu().numpy(), index=labels, columns=labels)
 
 
@@ -340,7 +343,7 @@ def prompt_features(
                 ("normal", "abnormal"), prompts.prompt_sentences(desc), strict=True
             ):
                 f = model.encode_text(tokenizer(sentences).to(model.device), adapted)
-                feats.append(F.normalize(f.float(), dim=-1).cpu())
+                feats.append(F.normalize(full_precision(f), dim=-1).cpu())
                 rows += [
                     {"classes": seen, "class_name": name, "state": state, "sentence": s}
                     for s in sentences

@@ -61,12 +61,14 @@ def create_method(
     """A fresh method with its trainable state drawn from `train.seed`, on a new or a shared
     backbone (the backbone's own random init never depends on the global stream)."""
     from aaclip.backbone import build_backbone
-    from aaclip.runtime import seed_everything
+    from aaclip.runtime import default_dtype, seed_everything
 
     cls = method_class(cfg.method)
     seed_everything(cfg.train.seed)
     backbone = backbone or build_backbone(cfg.backbone, device)
-    method = cls(backbone, cfg.model).to(device)
+    with default_dtype(backbone.dtype):  # fp64: the adapters' init is portable too
+        method = cls(backbone, cfg.model)
+    method = method.to(device=device, dtype=backbone.dtype)
     method.precision = cfg.backbone.precision
     return method.eval()
 

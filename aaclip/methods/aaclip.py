@@ -23,6 +23,7 @@ from aaclip.adapters import Adapter, Projection, residual_adapt, xavier_init
 from aaclip.backbone import Backbone
 from aaclip.methods.base import ClassContext, Method, Prediction, Stage
 from aaclip.methods.clip import anchor_prediction
+from aaclip.runtime import full_precision
 
 IMAGE_ADAPTERS = ("residual", "vanilla", "none")
 
@@ -240,7 +241,7 @@ class AAClip(Method):
         self.eval()
         with torch.no_grad(), self.autocast():  # stage "image": fixed (adapted) anchors
             anchors = self.anchors_for(classes, dataset, adapted=self.text_adapted)
-        self._anchors = {k: v.float() for k, v in anchors.items()}
+        self._anchors = {k: full_precision(v) for k, v in anchors.items()}
         self.train(was_training)
 
     def loss(self, stage: Stage, batch: dict) -> dict[str, torch.Tensor]:
@@ -278,10 +279,10 @@ class AAClip(Method):
         seg, det = self.encode_image(images)
         a = torch.stack([self._anchors[n] for n in batch["class_name"]], dim=0).to(det.dtype)
         logits = torch.einsum("be,bec->bc", det, a)
-        terms = {"classification": F.cross_entropy(logits.float(), batch["label"])}
+        terms = {"classification": F.cross_entropy(full_precision(logits), batch["label"])}
         size = images.shape[-1]
         for level, f in zip(self.levels, seg, strict=True):
-            probs = scoring.training_probs(f, a, size).float()
+            probs = full_precision(scoring.training_probs(f, a, size))
             terms[f"segmentation_level{level}"] = losses.segmentation_loss(probs, masks)
         return terms
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from aaclip import runtime, scoring
 from aaclip.backbone import Backbone
+from aaclip.runtime import full_precision
 from aaclip.transforms import CLIP_MEAN, CLIP_STD
 
 
@@ -180,7 +181,7 @@ class Method(nn.Module):
         """The text (and any other per-class state) to score images of one class;
         `description` replaces the class's own text (a user's own images)."""
         anchors = self.class_anchors(class_name, dataset, description)
-        anchors = anchors.float() if anchors is not None else None
+        anchors = full_precision(anchors) if anchors is not None else None
         return ClassContext(class_name, dataset, domain, has_masks, anchors)
 
     def fit_memory(self, ctx: ClassContext, normal_images: torch.Tensor) -> ClassContext:
@@ -250,3 +251,8 @@ class Method(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.backbone.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What inputs are cast to: float64 under the fp64 precision, else float32."""
+        return self.backbone.dtype

@@ -53,6 +53,7 @@ from aaclip.backbone import Backbone
 from aaclip.methods.mvfa import MVFA, MVFAConfig, _paper, _smoke
 from aaclip.prompt_sets import FOLDER as PROMPT_FOLDER
 from aaclip.prompt_sets import PromptSetError
+from aaclip.runtime import full_precision
 
 MADFF_MODES = ("sequence", "tokenwise")
 PROMPT_LIST_FOLDER = PROMPT_FOLDER / "clipmpcad"
@@ -106,7 +107,7 @@ class FrequencyGate(GateMLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            mag = torch.fft.fft2(x.transpose(1, 2).float()).abs()  # (B, C, N)
+            mag = torch.fft.fft2(full_precision(x.transpose(1, 2))).abs()  # (B, C, N)
             pooled = (mag.mean(dim=-1) + mag.amax(dim=-1)) / 2
         return torch.sigmoid(self.fc(pooled)).unsqueeze(1)
 

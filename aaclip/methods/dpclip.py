@@ -32,6 +32,7 @@ from aaclip.adapters import GRNAdapter, GRNProjection, PrototypeMemory, residual
 from aaclip.backbone import Backbone
 from aaclip.methods.base import ClassContext, Method, Prediction, Stage
 from aaclip.methods.clip import anchor_prediction, frozen_anchors
+from aaclip.runtime import full_precision
 
 
 @dataclass
@@ -244,7 +245,8 @@ class DPClip(Method):
         self.eval()
         with torch.no_grad(), self.autocast():
             self._anchors = {
-                name: self.class_anchors(name, dataset).float() for name in dict.fromkeys(classes)
+                name: full_precision(self.class_anchors(name, dataset))
+                for name in dict.fromkeys(classes)
             }
         self.train(was_training)
 
@@ -255,14 +257,16 @@ class DPClip(Method):
         seg, det = self.encode_image(images)
         a = torch.stack([self._anchors[n] for n in batch["class_name"]], dim=0).to(det.dtype)
         logits = torch.einsum("be,bec->bc", det, a)
-        terms = {"classification": F.cross_entropy(logits.float(), batch["label"])}
+        terms = {"classification": F.cross_entropy(full_precision(logits), batch["label"])}
         size = images.shape[-1]
         for level, f in zip(self.levels, seg, strict=True):
-            probs = scoring.training_probs(f, a, size).float()
+            probs = full_precision(scoring.training_probs(f, a, size))
             terms[f"segmentation_level{level}"] = losses.segmentation_loss(probs, masks)
         dec = self.decoupling(seg, masks) if self.cfg.decoupling_weight > 0 else None
         terms["decoupling"] = (
-            self.cfg.decoupling_weight * dec if dec is not None else seg[0].new_zeros(()).float()
+            self.cfg.decoupling_weight * dec
+            if dec is not None
+            else full_precision(seg[0].new_zeros(()))
         )
         return terms
 
@@ -291,9 +295,9 @@ class DPClip(Method):
         """
         mem = self.prototypes
         abnormal = self.token_mask(masks, seg[0].shape[1])
-        total = seg[0].new_zeros(()).float()
+        total = full_precision(seg[0].new_zeros(()))
         for i, f in enumerate(seg):
-            means = losses.token_prototypes(f.float(), abnormal)
+            means = losses.token_prototypes(full_precision(f), abnormal)
             if means is None:
                 continue
             a, n = means

@@ -44,6 +44,7 @@ from aaclip.backbone import Backbone
 from aaclip.memory import MemoryBank, memory_score
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.prompt_sets import PromptSet, load_prompt_set, read_prompt_set
+from aaclip.runtime import full_precision
 from aaclip.scoring import minmax, upsample
 
 PROTOCOL_MODES = ("few_shot", "zero_shot")
@@ -353,12 +354,12 @@ class MVFA(Method):
         with self.autocast():
             seg, det = self.encode_image(images)
             anchors = ctx.text
-            maps = sum(text_probs(t, anchors, size, scale)[:, 1].float() for t in seg)
-            scores = sum(detection_score(t, anchors, scale).float() for t in det)
+            maps = sum(full_precision(text_probs(t, anchors, size, scale)[:, 1]) for t in seg)
+            scores = sum(full_precision(detection_score(t, anchors, scale)) for t in det)
         extra = {}
         if ctx.memory is not None:
             tokens = seg if ctx.has_masks else det
-            memory_map = ctx.memory.anomaly_map([t.float() for t in tokens], size)
+            memory_map = ctx.memory.anomaly_map([full_precision(t) for t in tokens], size)
             if ctx.has_masks:
                 extra["memory_map"] = memory_map
             else:
@@ -385,7 +386,7 @@ class MVFA(Method):
         for i in range(0, len(images), MEMORY_CHUNK):
             with self.autocast():
                 s, d = self.encode_image(images[i : i + MEMORY_CHUNK].to(self.device))
-            parts.append([t.float() for t in (s if seg else d)])
+            parts.append([full_precision(t) for t in (s if seg else d)])
         return [torch.cat(level) for level in zip(*parts, strict=True)]
 
     def fit_memory(self, ctx: ClassContext, normal_images: torch.Tensor) -> ClassContext:
@@ -451,14 +452,14 @@ class MVFA(Method):
         """det on every image; seg on the images of segmentation sets. A batch without any
         keeps the seg adapters out of the graph (only the det adapters are updated)."""
         cfg = self.cfg
-        images, labels = batch["image"], batch["label"].float()
+        images, labels = batch["image"], batch["label"].to(batch["image"].dtype)
         seg_items = torch.as_tensor(batch["class_has_masks"], device=images.device).bool()
         names = batch["class_name"]
         per_image = torch.stack([self.class_anchors(n, None) for n in names])  # (B, E, 2)
         seg, det = self.encode_image(images, seg_grad=bool(seg_items.any()))
         det_loss = images.new_zeros(())
         for tokens in det:
-            s = detection_score(tokens, per_image, cfg.logit_scale).float()
+            s = full_precision(detection_score(tokens, per_image, cfg.logit_scale))
             if cfg.det_bce == "logits_on_probability":
                 det_loss = det_loss + F.binary_cross_entropy_with_logits(s, labels)
             else:
@@ -470,7 +471,7 @@ class MVFA(Method):
             mask = (batch["mask"][keep] > 0.5).float()
             seg_loss = images.new_zeros(())
             for tokens in seg:
-                p = text_probs(tokens[keep], per_image[keep], size, cfg.logit_scale).float()
+                p = full_precision(text_probs(tokens[keep], per_image[keep], size, cfg.logit_scale))
                 seg_loss = seg_loss + losses.focal_loss(p, mask) + losses.dice_loss(p[:, 1], mask)
             terms["segmentation"] = seg_loss
         return terms

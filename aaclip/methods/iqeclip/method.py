@@ -28,6 +28,7 @@ from aaclip import losses, scoring
 from aaclip.backbone import Backbone
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.methods.iqeclip.qformer import QueryModule
+from aaclip.runtime import full_precision
 
 # sic "a abnormal"; `<|class|>` is no special token: the BPE splits it into five ordinary ones
 TEMPLATES = ("a photo of a normal <|class|>.", "a photo of a abnormal <|class|>.")
@@ -196,12 +197,12 @@ def logits_grid(logits: torch.Tensor) -> torch.Tensor:
 
 def upsampled_probs(logits: torch.Tensor, size: int) -> torch.Tensor:
     """Softmax over the two states after bilinear upsampling: (B, 2, size, size)."""
-    return scoring.upsample(logits_grid(logits.float()), size).softmax(dim=1)
+    return scoring.upsample(logits_grid(full_precision(logits)), size).softmax(dim=1)
 
 
 def token_score(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the tokens of p(abnormal): (B,)."""
-    return logits.float().softmax(dim=-1)[..., 1].mean(dim=-1)
+    return full_precision(logits).softmax(dim=-1)[..., 1].mean(dim=-1)
 
 
 @dataclass
@@ -410,7 +411,8 @@ class IQEClip(Method):
         self, pred: Prediction, ctx: ClassContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Min-max over the set, maps and scores alike (no blend follows: AUROC-neutral)."""
-        return scoring.minmax(pred.maps.float()), scoring.minmax(pred.scores.float())
+        maps, scores = full_precision(pred.maps), full_precision(pred.scores)
+        return scoring.minmax(maps), scoring.minmax(scores)
 
     # ---------------------------------------------------------------- training
     def grad_scaler(self) -> torch.amp.GradScaler | None:
@@ -475,7 +477,7 @@ class IQEClip(Method):
     def loss(self, stage: Stage, batch: dict) -> dict[str, torch.Tensor]:
         """Detection (both branches, every level) + focal and abnormal-channel dice of the
         upsampled maps of both branches on images of segmentation sets (normals included)."""
-        images, labels = batch["image"], batch["label"].float()
+        images, labels = batch["image"], batch["label"].to(batch["image"].dtype)
         with self.amp():
             out = self.forward_features(images)
         bce = (
@@ -490,7 +492,7 @@ class IQEClip(Method):
         masks = (batch["mask"][rows] > 0.5).float()
         size = images.shape[-1]
         for name, branch in branches.items():
-            total = images.new_zeros((), dtype=torch.float32)
+            total = images.new_zeros(())
             if rows.any():
                 for logits in branch:
                     p = upsampled_probs(logits[rows], size)
