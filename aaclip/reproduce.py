@@ -118,7 +118,27 @@ def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | N
     if not only:
         print(f">> report: {write_report(results)}")
     print(f">> all {len(selected)} notebooks in {time.time() - t_all:.0f} s; outputs in {results}/")
+    print(f">> {compare_with_committed(results)}")
     return 0
+
+
+def compare_with_committed(results: Path) -> str:
+    """One line: do the regenerated files equal the committed ones (`git status` of
+    `results`)? Untracked outputs (executed notebooks, scratch) are not counted."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", str(results)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return f"{results} is not in a git checkout: nothing to compare with"
+    changed = [line[3:] for line in done.stdout.splitlines()]
+    if not changed:
+        return "the regenerated results equal the committed ones (git status of results/ clean)"
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return f"{len(changed)} committed result files changed: {shown} (`git diff -- {results}`)"
 
 
 # --------------------------------------------------------------------------- REPORT.md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,19 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published_resu
 KEYS = ["method", "train_set", "shots", "target", "metric"]
 
 
+# Significant digits of every reported number (tables' CSVs, notebook summaries). The smoke
+# profile computes in float64, so what differs between CPUs, kernels and thread counts (about
+# 1e-16, up to ~1e-11 after training amplifies it) stays five orders below the last digit.
+REPORTED_DIGITS = 6
+
+
+def reported(x: float) -> float:
+    """`x` rounded to `REPORTED_DIGITS` significant digits (NaN and inf kept)."""
+    if not math.isfinite(x) or x == 0:
+        return x
+    return float(f"{x:.{REPORTED_DIGITS}g}")
+
+
 def write_table(
     df: pd.DataFrame,
     stem: str | Path,
@@ -20,9 +34,14 @@ def write_table(
     digits: int = 2,
     percent: Sequence[str] | None = None,
 ) -> None:
-    """Write `stem.csv` (full precision) and `stem.md` (percent, missing shown as '–')."""
+    """Write `stem.csv` (numbers to `REPORTED_DIGITS` significant digits) and `stem.md`
+    (percent, missing shown as '–')."""
     stem = Path(stem)
-    atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False))
+    rounded = df.copy()
+    for col in rounded.columns:
+        if pd.api.types.is_float_dtype(rounded[col]):
+            rounded[col] = rounded[col].map(reported)
+    atomic_write_text(stem.with_suffix(".csv"), rounded.to_csv(index=False))
     md = to_markdown(df, digits, percent)
     atomic_write_text(stem.with_suffix(".md"), (f"> {note}\n\n" if note else "") + md + "\n")
 

@@ -21,10 +21,10 @@ import torch
 from matplotlib.figure import Figure
 
 from aaclip import backbone as bb
-from aaclip import data
+from aaclip import data, runtime
 from aaclip.config import ExperimentConfig, apply_overrides, preset
 from aaclip.evaluate import eval_sets
-from aaclip.results import format_number, write_table
+from aaclip.results import format_number, reported, write_table
 
 SMOKE_BANNER = (
     "SMOKE PROFILE — tiny random CLIP on synthetic data; proves the pipeline, not the paper"
@@ -435,7 +435,8 @@ def _run_overrides(shots: int | None, epochs: int | None, quick: bool, seed: int
 
 
 def jsonable(x: Any) -> Any:
-    """Plain JSON types: numpy/torch scalars as numbers, NaN as None, paths as strings."""
+    """Plain JSON types: numpy/torch scalars as numbers (to the reported digits), NaN as
+    None, paths as strings."""
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
@@ -447,7 +448,7 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
+        return None if math.isnan(x) or math.isinf(x) else reported(x)
     if isinstance(x, Path):
         return str(x)
     return x
@@ -476,6 +477,7 @@ def setup(
     or older than the builder (seconds, no download).
     """
     root = repo_root()
+    runtime.use_thread_policy()  # as the CLI: one thread for the tiny backbones
     quick = quick or os.environ.get(QUICK_ENV) == "1"
     seeds = list(seeds) if seeds else [111]
     cfg = profile_config(profile, data_root, root, method)
