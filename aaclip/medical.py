@@ -40,7 +40,7 @@ from aaclip.config import ExperimentConfig, apply_overrides, preset
 from aaclip.fileio import atomic_write_text
 from aaclip.methods import method_class
 from aaclip.protocols import merge_records
-from aaclip.results import load_published, write_table
+from aaclip.results import load_published, write_csv, write_table
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ def run_grid(
     long = pd.DataFrame(rows, columns=["method", "shots", "target", "metric", "value", "wall_s"])
     wide = grid_table(long, cls.published_name or method)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "grid.csv", long.to_csv(index=False))
+    write_csv(long, out / "grid.csv")
     cfg0 = cells[0][2]
     note = selection_note(cls, cfg0, profile)
     write_table(wide, out / "table", note=note)

@@ -27,6 +27,15 @@ def reported(x: float) -> float:
     return float(f"{x:.{REPORTED_DIGITS}g}")
 
 
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """`df` as CSV (atomically), floats to `REPORTED_DIGITS` significant digits."""
+    rounded = df.copy()
+    for col in rounded.columns:
+        if pd.api.types.is_float_dtype(rounded[col]):
+            rounded[col] = rounded[col].map(reported)
+    atomic_write_text(Path(path), rounded.to_csv(index=False))
+
+
 def write_table(
     df: pd.DataFrame,
     stem: str | Path,
@@ -37,11 +46,7 @@ def write_table(
     """Write `stem.csv` (numbers to `REPORTED_DIGITS` significant digits) and `stem.md`
     (percent, missing shown as '–')."""
     stem = Path(stem)
-    rounded = df.copy()
-    for col in rounded.columns:
-        if pd.api.types.is_float_dtype(rounded[col]):
-            rounded[col] = rounded[col].map(reported)
-    atomic_write_text(stem.with_suffix(".csv"), rounded.to_csv(index=False))
+    write_csv(df, stem.with_suffix(".csv"))
     md = to_markdown(df, digits, percent)
     atomic_write_text(stem.with_suffix(".md"), (f"> {note}\n\n" if note else "") + md + "\n")
 
