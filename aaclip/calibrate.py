@@ -177,6 +177,7 @@ def calibrate_checkpoint(
                 "class_name": target.class_name,
                 "description": target.description,
                 "domain": target.domain,
+                "dataset": target.dataset,
                 "method": det.method.name,
                 "image_size": size,
                 "image_score": f"{det.method.name} score rule per image (Method.score_rule)",

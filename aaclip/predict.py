@@ -313,6 +313,7 @@ class Detector:
         stored = cal.extra if cal is not None else {}
         if cal is not None:  # the calibration holds for the text it was made with
             class_name, description = stored.get("class_name", key), stored.get("description")
+            dataset = dataset if dataset is not None else stored.get("dataset")
         stored_domain = stored.get("domain")
         if domain is not None and stored_domain is not None and domain != stored_domain:
             raise ValueError(
