@@ -80,7 +80,8 @@ def test_calibrate_stores_and_prints_what_it_stored(setup, calibrated, capsys):
     argv += ["--anomalous", str(root / "test"), "--description", "grass", "--fpr", "0.1"]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("calibrated model.safetensors at FPR 0.1 on zero-shot raw scores (15 images")
+    head = "calibrated model.safetensors at FPR 0.1 on zero-shot raw scores (15 images"
+    assert out[0].startswith(head)
     assert out[1].split() == [
         "class", "normals", "image", "threshold", "pixel", "threshold", "image", "FPR",
         "pixel", "FPR", "anomalous", "image", "TPR", "pixel", "TPR",
