@@ -233,7 +233,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx=args.onnx,
         weights=args.weights,
     )
-    print(f"wrote {manifest.parent} (use it with `aaclip predict --model {manifest.parent}`)")
+    mode = json.loads(manifest.read_text()).get("mode", "zero-shot")
+    folder = manifest.parent
+    print(f"wrote {folder} ({mode}; use it with `aaclip predict --model {folder}`)")
     return 0
 
 

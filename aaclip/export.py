@@ -446,7 +446,7 @@ def export_checkpoint(
     meta = ck.read_meta(checkpoint)
     if "config" not in meta:
         raise ck.CheckpointMismatchError(f"{checkpoint}: no aaclip metadata; not our checkpoint")
-    from aaclip.reference import Reference
+    from aaclip.reference import Reference, scoring_mode
 
     cfg = ExperimentConfig.from_dict(meta["config"])
     if weights is not None:
@@ -461,6 +461,7 @@ def export_checkpoint(
     detector = detector_for(
         method, class_name, domain, description, dataset, ref, source=str(checkpoint)
     )
+    detector.mode = scoring_mode(cfg, ref)
     return export_detector(
         detector,
         cfg,

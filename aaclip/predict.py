@@ -40,7 +40,7 @@ from aaclip.calibration import Calibration, load_calibration
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write, atomic_write_text
 from aaclip.methods import ClassContext, InputSpec, Method, Prediction
-from aaclip.reference import Reference, ReferenceClass
+from aaclip.reference import Reference, ReferenceClass, scoring_mode
 from aaclip.runtime import pick_device
 from aaclip.transforms import image_to_tensor
 
@@ -217,6 +217,7 @@ class Detector:
         self.spec = method.input_spec()
         self.fixed: tuple[str, str] | None = None  # (class, domain) baked in: an export
         self.fixed_mode: str | None = None  # an export's "zero-shot" / "few-shot k=N"
+        self.base_mode = "zero-shot"  # without reference normals (the config's protocol)
         self._contexts: dict[tuple, ClassContext] = {}
 
     @classmethod
@@ -270,7 +271,9 @@ class Detector:
         reference = Reference.of_checkpoint(meta, cfg, str(checkpoint), report or _note)
         method = next(iter(load_methods(cfg, [checkpoint], pick_device(device)).values()))
         calibrations = load_calibration(checkpoint) if calibration else None
-        return cls(method, checkpoint, calibrations, reference)
+        det = cls(method, checkpoint, calibrations, reference)
+        det.base_mode = scoring_mode(cfg)
+        return det
 
     @property
     def device(self) -> torch.device:
@@ -325,7 +328,8 @@ class Detector:
             domain = domain or stored_domain or ref.domain
             dataset = dataset if dataset is not None else ref.dataset
         domain = domain or stored_domain or "industrial"
-        return Target(key, class_name or key, description, domain, cal, dataset, ref)
+        mode = None if ref is not None else self.base_mode
+        return Target(key, class_name or key, description, domain, cal, dataset, ref, mode)
 
     def context(self, target: Target) -> ClassContext:
         """The method's per-class context (text anchors, few-shot memory bank ...), built
@@ -494,7 +498,7 @@ def predict_files(
     record's class, and the overlay shows the ground-truth mask). An image's row is the same
     whatever other images share the call.
     """
-    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
+    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights, report=report)
     return write_predictions(
         det,
         inputs,

@@ -37,6 +37,17 @@ def uses_memory(cfg: Any) -> bool:
     return own and any(getattr(cfg.data, "memory_records", ()) or ())
 
 
+def scoring_mode(cfg: Any, reference: ReferenceClass | None = None) -> str:
+    """What an exit prints as the mode that scored: "few-shot k=N" (a memory bank of N
+    reference normals), "few-shot (no memory bank)" (a few-shot protocol whose rule needs no
+    reference images, e.g. IQE-CLIP's), else "zero-shot"."""
+    if reference is not None:
+        return reference.mode
+    if getattr(getattr(cfg, "model", None), "protocol", None) in ("few", "few_shot"):
+        return "few-shot (no memory bank)"
+    return "zero-shot"
+
+
 def _sha256(path: Path) -> str:
     from aaclip import digests
 

@@ -112,7 +112,7 @@ def case(request, synthetic_root, tmp_path_factory) -> Case:
     ck.save_adapters(path, method.adapter_state(), meta)
     ts = eval_sets(cfg)[0]
     memory = ts.memory()
-    expected = "zero-shot"
+    expected = "few-shot (no memory bank)" if mode == "few" else "zero-shot"
     if memory is not None:
         assert "reference" in ck.read_meta(path)  # the checkpoint carries its normals
         k = sum(r.class_name == records[0].class_name for r in memory)
