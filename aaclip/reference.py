@@ -57,10 +57,10 @@ def _sha256(path: Path) -> str:
 def describe(cfg: Any) -> dict | None:
     """The `reference` metadata of a config (None when it is not few-shot): per test set
     with a memory file, its folder, dataset, domain and per class the normals with hashes."""
-    from aaclip.evaluate import eval_sets
-
     if not uses_memory(cfg):
         return None
+    from aaclip.evaluate import eval_sets
+
     sets = []
     for ts in eval_sets(cfg):
         if ts.memory_file is None:
