@@ -123,14 +123,14 @@ class ReferenceClass:
             path = self.folder / rel
             if not path.is_file():
                 raise ReferenceError(
-                    f"{source}: few-shot ({self.mode}) reference normal {path} of class "
-                    f"{self.class_name!r} is missing; put the {self.shots} reference images back "
+                    f"{source}: reference normal {path} of class {self.class_name!r} "
+                    f"({self.mode}) is missing; put the {self.shots} reference images back "
                     f"under {self.folder} (run from the folder it was trained in)"
                 )
             if _sha256(path) != digest:
                 raise ReferenceError(
-                    f"{source}: few-shot ({self.mode}) reference normal {path} of class "
-                    f"{self.class_name!r} changed (sha256 {digest[:12]} expected); restore it, "
+                    f"{source}: reference normal {path} of class {self.class_name!r} "
+                    f"({self.mode}) changed (sha256 {digest[:12]} expected); restore it, "
                     "or train and evaluate again with the new images"
                 )
             records.append(data.Record(rel, 0, self.class_name))
