@@ -278,3 +278,24 @@ def test_a_few_shot_checkpoint_refuses_moved_or_changed_normals(case: Case, tmp_
     with pytest.raises(ReferenceError, match="not 'someother'") as e:
         det.target("someother")
     assert "\n" not in str(e.value)
+
+
+def test_a_few_shot_checkpoint_made_before_references_says_so(case: Case, tmp_path) -> None:
+    """No stored hashes (an older checkpoint): the config's memory records are used as found,
+    with one note; the scores are those of the checkpoint that stores them."""
+    if case.memory is None:
+        pytest.skip("zero-shot: no reference normals")
+    tensors, meta = ck.load_adapters(case.checkpoint)
+    old = tmp_path / "old.safetensors"
+    ck.save_adapters(old, tensors, {**meta, "reference": None})
+    assert ck.read_meta(old)["reference"] is None
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector.from_checkpoint(old, device="cpu", report=notes.append)
+    assert len(notes) == 1 and "stores no hashes of its reference normals" in notes[0]
+    new, target = _detector(case)
+    image = data.load_image(case.root / case.records[-1].image_path)
+    t_old = det.target(case.class_name, None, case.domain, dataset=case.dataset)
+    assert t_old.mode == case.expected_mode
+    assert det.raw(image, t_old)[0] == pytest.approx(new.raw(image, target)[0], abs=1e-6)
