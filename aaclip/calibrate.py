@@ -1,9 +1,11 @@
 """`aaclip calibrate`: per-class thresholds and normalisation of a checkpoint, from normals.
 
 Normal images (a folder: one class; a records file: its label-0 records, by class) are scored
-one at a time with the method's raw outputs, exactly as `aaclip predict` scores them
-(`aaclip.predict.Detector.raw`); `aaclip.calibration.calibrate` then sets the image and pixel
-thresholds at the target false-positive rate and the normalisation (threshold -> 0.5).
+one at a time by the method's own per-image score rule (`Method.score_rule`), exactly as
+`aaclip predict` scores them (`aaclip.predict.Detector.raw`; a few-shot checkpoint with the
+memory bank of its reference normals); `aaclip.calibration.calibrate` then sets the image and
+pixel thresholds at the target false-positive rate and the normalisation (threshold -> 0.5,
+`0.5 + 0.5 z / (1 + |z|)` with z the distance to the threshold in spreads of the normals).
 Anomalous images, when given, only add the achieved true-positive rates. The result is stored
 beside the checkpoint (`aaclip.calibration.save_calibration`), tied to it by content hash.
 """
@@ -97,6 +99,7 @@ class CalibrationRun:
     n_images: int
     seconds: float
     device: str
+    mode: str = "zero-shot"  # or "few-shot k=N": the memory bank that scored the normals
 
 
 def calibrate_checkpoint(
@@ -107,7 +110,7 @@ def calibrate_checkpoint(
     fpr: float = 0.01,
     class_name: str | None = None,
     description: str | None = None,
-    domain: str = "industrial",
+    domain: str | None = None,
     device: str | None = None,
     weights: str | None = None,
     report: Callable[[str], None] = _note,
@@ -133,12 +136,15 @@ def calibrate_checkpoint(
                 report(f"{anomalous}: class {key!r} has no normal images; its anomalies unused")
                 continue
             classes[key].anomalies = items
-    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights, calibration=False)
+    det = Detector.from_checkpoint(
+        checkpoint, device=device, weights=weights, calibration=False, report=report
+    )
     size = det.image_size
     calibrations: dict[str, Calibration] = {}
     n_images = 0
-    for c in classes.values():
-        target = det.target(c.class_name, c.description, domain)
+    targets = {k: det.target(c.class_name, c.description, domain) for k, c in classes.items()}
+    for c in classes.values():  # every class is checked (few-shot: has normals) first
+        target = targets[c.key]
         scores, maps = [], []
         for path in c.normals:
             s, m = det.raw(data.load_image(path), target)
@@ -171,9 +177,11 @@ def calibrate_checkpoint(
                 "class_name": target.class_name,
                 "description": target.description,
                 "domain": target.domain,
+                "dataset": target.dataset,
                 "method": det.method.name,
                 "image_size": size,
-                "image_score": "map peak" if target.domain == "medical" else "method score",
+                "image_score": f"{det.method.name} score rule per image (Method.score_rule)",
+                "mode": target.mode,
                 "normal_source": str(normal),
                 "anomalous_source": str(anomalous) if anomalous is not None else None,
             },
@@ -186,6 +194,7 @@ def calibrate_checkpoint(
             f"(remove {calibration_path(checkpoint)} to start over)"
         )
     path = save_calibration(checkpoint, {**stored, **calibrations}, fpr)
+    modes = sorted({t.mode for t in targets.values()})
     return CalibrationRun(
         path,
         calibrations,
@@ -194,6 +203,7 @@ def calibrate_checkpoint(
         n_images,
         time.perf_counter() - t0,
         str(det.device),
+        ", ".join(modes),
     )
 
 
@@ -221,7 +231,7 @@ def summary_lines(run: CalibrationRun) -> list[str]:
         + ("  anomalous  image TPR  pixel TPR" if tpr else "")
     )
     lines = [
-        f"calibrated {run.checkpoint.name} at FPR {run.fpr:g} on raw scores "
+        f"calibrated {run.checkpoint.name} at FPR {run.fpr:g} on {run.mode} raw scores "
         f"({run.n_images} images in {run.seconds:.1f} s on {run.device}):",
         head,
     ]

@@ -9,16 +9,19 @@ given, only add the achieved true-positive rates) and then applied to each image
   at most `fpr` of the normal images are (exactly `fpr` when `fpr * n` is a whole number
   and the scores have no ties);
 - pixel threshold: the same on all pixels of the normal images' maps;
-- normalisation (anomalib's convention): `normalise(raw) = clip(0.5 + (raw - threshold) /
-  scale, 0, 1)`, so the threshold maps to 0.5 and "anomalous" is "normalised score > 0.5".
+- normalisation: `normalise(raw) = 0.5 + 0.5 * z / (1 + |z|)` with `z = (raw - threshold) /
+  scale` (an algebraic sigmoid): the threshold maps to exactly 0.5, so "anomalous" is
+  "normalised score > 0.5" (anomalib's convention); strictly increasing; strictly inside
+  (0, 1), never clipped, so ordinary images keep distinct scores instead of piling up at 0
+  and 1 (the clipped linear map of format 1 sent 9 of 10 calibrated images to exactly 0 or
+  1).
 
-The scale is `2 * (threshold - median of the normal values)`: the median normal maps to 0,
-the threshold to 0.5, a score as far above the threshold as the median normal is below it
-to 1. anomalib divides by max - min of a validation set; with normals only, max and min are
-two single images (one odd normal shifts every normalised score), while a median and the
-threshold quantile are stable, so the robust half-range is used instead. When it is zero
-(constant normals), the threshold's distance to the smallest normal is used, then a tiny
-positive scale (a step at the threshold).
+The scale is the spread of the normal calibration values, `threshold - median`: the median
+normal maps to 0.25, the threshold to 0.5, a score one spread above the threshold to 0.75,
+three spreads above to 0.875 (ten: 0.955). A median and the threshold quantile are stable
+where max - min of a few normals (anomalib's divisor) moves with one odd image. When the
+spread is zero (constant normals), the threshold's distance to the smallest normal is used,
+then a tiny positive scale (a step at the threshold).
 
 The core is pure numpy (no model, no files); `to_dict`/`from_dict` give the JSON form.
 `save_calibration`/`load_calibration` store the calibrations of a checkpoint beside it, as
@@ -53,19 +56,21 @@ __all__ = [
     "threshold_at_fpr",
 ]
 
-VERSION = 1
+VERSION = 2  # 2: the algebraic sigmoid on the method's per-image score rule (1: clipped)
 SUFFIX = ".calibration.json"  # appended to the checkpoint's file name
 
 
 def normalise(raw, threshold: float, scale: float):
-    """`clip(0.5 + (raw - threshold) / scale, 0, 1)`: monotone, `threshold` -> exactly 0.5.
+    """`0.5 + 0.5 * z / (1 + |z|)`, `z = (raw - threshold) / scale`: strictly increasing,
+    `threshold` -> exactly 0.5, `threshold -/+ scale` -> 0.25/0.75, inside (0, 1).
 
     Element-wise (a scalar gives a float, an array an array of float64): each value's
     normalised score depends on that value alone.
     """
     if not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    out = np.clip(0.5 + (np.asarray(raw, dtype=np.float64) - threshold) / scale, 0.0, 1.0)
+    z = (np.asarray(raw, dtype=np.float64) - threshold) / scale
+    out = 0.5 + 0.5 * z / (1.0 + np.abs(z))
     return float(out) if out.ndim == 0 else out
 
 
@@ -115,7 +120,7 @@ def threshold_at_fpr(normal, fpr: float) -> tuple[float, float]:
 def _robust_scale(x: np.ndarray, threshold: float) -> float:
     for spread in (threshold - float(np.median(x)), threshold - float(x.min())):
         if spread > 0:
-            return 2.0 * spread
+            return spread
     return max(abs(threshold), 1.0) * 1e-6
 
 
@@ -171,6 +176,11 @@ class Calibration:
         if not isinstance(version, int) or version > VERSION:
             raise ValueError(
                 f"calibration format version {version!r} is not readable (<= {VERSION})"
+            )
+        if version < VERSION:
+            raise ValueError(
+                f"calibration format version {version} holds thresholds of the earlier score "
+                f"rule and clipped normalisation; format {VERSION} is needed"
             )
         names = {f.name for f in fields(cls)}
         required = [

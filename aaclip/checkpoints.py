@@ -46,9 +46,27 @@ def atomic_torch_save(obj, path: str | Path) -> None:
 
 
 def save_adapters(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Save adapter tensors and a JSON-serialisable `meta` (method, config, identity, stage)."""
+    """Save adapter tensors and a JSON-serialisable `meta` (method, config, identity, stage).
+
+    A few-shot config (`aaclip.reference.uses_memory`) also stores its reference normals'
+    records with their SHA-256 (`meta["reference"]`), so that every exit scores the
+    checkpoint with the memory bank it was evaluated with (omitted when they cannot be read).
+    """
+    if isinstance(meta.get("config"), dict) and "reference" not in meta:
+        meta = {**meta, **_reference_meta(meta["config"])}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(path, save(tensors, metadata={"aaclip": json.dumps(meta, sort_keys=True)}))
+
+
+def _reference_meta(config: dict) -> dict:
+    from aaclip import reference
+    from aaclip.config import ExperimentConfig
+
+    try:
+        described = reference.describe(ExperimentConfig.from_dict(config))
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {reference.META_KEY: described} if described else {}
 
 
 def _safetensors_header(path: Path) -> tuple[dict, list[str]] | None:

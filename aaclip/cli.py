@@ -234,14 +234,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         onnx=args.onnx,
         weights=args.weights,
     )
-    print(f"wrote {manifest.parent} (use it with `aaclip predict --model {manifest.parent}`)")
+    mode = json.loads(manifest.read_text()).get("mode", "zero-shot")
+    folder = manifest.parent
+    print(f"wrote {folder} ({mode}; use it with `aaclip predict --model {folder}`)")
     return 0
 
 
 def _predict_table(rows: list[dict], shown: int) -> str:
-    """image, class, raw score, and when calibrated the normalised score and label."""
+    """image, class, mode, raw score, and when calibrated the normalised score and label."""
     calibrated = any(r.get("score") for r in rows)
-    cols = ["image", "class", "raw_score"] + (["score", "label"] if calibrated else [])
+    mode = ["mode"] if any(r.get("mode") for r in rows) else []  # zero-shot / few-shot k=N
+    cols = ["image", "class", *mode, "raw_score"] + (["score", "label"] if calibrated else [])
     if any(r.get("true_label") for r in rows):
         cols.append("true_label")
     head = {"raw_score": "raw score", "true_label": "truth"}
@@ -428,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=default_domain,
             choices=["industrial", "medical"],
             help="scoring rules (default: "
-            + (default_domain or "the calibration's, else industrial")
+            + (default_domain or "the calibration's, else a few-shot checkpoint's, else industrial")
             + ")",
         )
 
@@ -452,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="anomalous images (a folder, or the label-1 records of a .jsonl, masks used)",
     )
     sp.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate")
-    what_images_show(sp, "industrial", "a folder's class; with records: keep this class only")
+    what_images_show(sp, None, "a folder's class; with records: keep this class only")
     sp.add_argument("--weights")
     sp.add_argument("--device")
 
@@ -484,7 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--class-name", required=True, help="the class whose text is baked in")
     sp.add_argument("--description", help="text for the prompts (default: the class name)")
-    sp.add_argument("--domain", default="industrial", choices=["industrial", "medical"])
+    sp.add_argument(
+        "--domain",
+        choices=["industrial", "medical"],
+        help="scoring rules (default: a few-shot checkpoint's, else industrial)",
+    )
     sp.add_argument("--out", required=True, help="a new folder")
     sp.add_argument(
         "--backbone",

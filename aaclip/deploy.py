@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aaclip import __version__, scoring
+from aaclip import __version__
 from aaclip.export import (
     ADAPTER,
     ANCHORS,
@@ -25,6 +25,7 @@ from aaclip.export import (
     CALIBRATION,
     FORMAT,
     MANIFEST,
+    MEMORY,
     ONNX,
     ONNX_INPUT,
     ONNX_OUTPUTS,
@@ -33,7 +34,7 @@ from aaclip.export import (
     _sha256,
     manifest_digest,
 )
-from aaclip.methods import ClassContext, InputSpec, Method, Prediction
+from aaclip.methods import ClassContext, InputSpec, Prediction
 
 RUNTIMES = ("torch", "onnx")
 Predictor = Callable[[torch.Tensor], Prediction]
@@ -96,7 +97,12 @@ def input_spec(manifest: dict) -> InputSpec:
 
 
 def context(manifest: dict) -> ClassContext:
-    return ClassContext(manifest["class_name"], manifest.get("dataset"), manifest["domain"])
+    return ClassContext(
+        manifest["class_name"],
+        manifest.get("dataset"),
+        manifest["domain"],
+        bool(manifest.get("has_masks", True)),
+    )
 
 
 def calibration(folder: str | Path, manifest: dict):
@@ -162,8 +168,19 @@ def load_torch(
     method = create_method(cfg, dev, backbone)
     method.load_adapter_state(load_file(str(folder / ADAPTER)), str(folder / ADAPTER))
     anchors = load_file(str(folder / ANCHORS))["anchors"]
+    memory = None
+    if (folder / MEMORY).is_file() and MEMORY in manifest["files"]:  # few-shot
+        stored = load_file(str(folder / MEMORY))
+        memory = [stored[f"level_{i}"] for i in range(len(stored))]
     detector = ExportedDetector(
-        method, anchors, manifest["class_name"], manifest["domain"], manifest.get("dataset")
+        method,
+        anchors,
+        manifest["class_name"],
+        manifest["domain"],
+        manifest.get("dataset"),
+        bool(manifest.get("has_masks", True)),
+        memory,
+        manifest.get("mode", "zero-shot"),
     )
     return detector.to(dev).eval()
 
@@ -209,10 +226,9 @@ def pick_runtime(manifest: dict, runtime: str | None) -> str:
 
 @dataclass
 class Deployed:
-    """A loaded export: raw predictions of image batches and the normalisation of a set."""
+    """A loaded export: the method's per-image rule on batches of preprocessed images."""
 
-    predict: Predictor  # preprocessed images (B, 3, S, S) -> raw Prediction
-    class_scores: Callable[[Prediction], tuple[torch.Tensor, torch.Tensor]]
+    predict: Predictor  # preprocessed images (B, 3, S, S) -> per-image (maps, scores)
     manifest: dict
     runtime: str
     device: torch.device  # where the images go
@@ -228,7 +244,6 @@ def load(
 ) -> Deployed:
     """A checked export, ready to score preprocessed images with `runtime` (default: onnx
     when the export has an ONNX file, else torch)."""
-    from aaclip.methods import method_class
     from aaclip.runtime import pick_device
 
     folder = Path(folder)
@@ -236,31 +251,14 @@ def load(
     runtime = pick_runtime(manifest, runtime)
     if weights is not None and manifest["backbone"]["mode"] == "embed":
         raise ExportError(f"{folder}: embeds its backbone; --weights is for --backbone reference")
-    ctx = context(manifest)
     if runtime == "torch":
         dev = pick_device(device)
         detector = load_torch(folder, weights=weights, device=dev, manifest=manifest)
-        return Deployed(
-            detector.predict,
-            lambda raw: detector.method.class_scores(raw, ctx),
-            manifest,
-            runtime,
-            dev,
-        )
+        return Deployed(detector.predict, manifest, runtime, dev)
     if device is not None and torch.device(device).type != "cpu":
         raise ExportError(f"--runtime onnx runs on the CPU; --device {device} is for torch")
-    cls = method_class(manifest["method"])
-    if cls.class_scores is not Method.class_scores:
-        raise ExportError(
-            f"method {manifest['method']} normalises with its own rule: use --runtime torch"
-        )
-    return Deployed(
-        OnnxDetector(folder, threads),
-        lambda raw: scoring.class_scores(raw.maps, raw.scores, ctx.domain),
-        manifest,
-        runtime,
-        torch.device("cpu"),
-    )
+    # the graph ends in the method's own per-image rule: every method's export runs here
+    return Deployed(OnnxDetector(folder, threads), manifest, runtime, torch.device("cpu"))
 
 
 def predict_model(
@@ -289,5 +287,6 @@ def predict_model(
         domain=manifest["domain"],
         calibration=calibration(folder, manifest),
         source=folder,
+        mode=manifest.get("mode", "zero-shot"),
     )
     return write_predictions(detector, inputs, out_dir, report=report, overlays=overlays)

@@ -7,18 +7,24 @@ once and writes everything inference needs beside a `manifest.json`:
                            package versions, date and the sha256 of every other file
     adapter.safetensors    the method's trainable state (the checkpoint's tensors)
     anchors.safetensors    the (E, 2) text anchors, baked: no text encoder at inference
+    memory.safetensors     few-shot: the class's memory bank, fitted on the checkpoint's
+                           reference normals (checked by hash) as evaluation fits it
     backbone.safetensors   the frozen CLIP (`--backbone embed`, the default); with
                            `--backbone reference` only its identity (content hash) is kept
     calibration.json       thresholds of the class, when the checkpoint has a calibration
     model.onnx (+ .data)   `--onnx`: preprocessed images -> (raw maps, raw scores), dynamic batch
 
-`ExportedDetector` is that image path as one `torch.nn.Module` with the class context fixed;
-the ONNX file is `torch.onnx.export` of it. `aaclip.deploy` loads and checks an export (a
-different package version or a file whose hash differs from the manifest is refused by name).
+`ExportedDetector` is that image path as one `torch.nn.Module` with the class context fixed,
+ending in the method's own per-image score rule (`Method.score_rule`), so its maps and
+scores are what `aaclip predict` gives from the checkpoint; the ONNX file is
+`torch.onnx.export` of it (zero-shot only: a memory bank's chunked search is not traced).
+`aaclip.deploy` loads and checks an export (a different package version or a file whose hash
+differs from the manifest is refused by name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,6 +46,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 ADAPTER = "adapter.safetensors"
 ANCHORS = "anchors.safetensors"
+MEMORY = "memory.safetensors"
 BACKBONE = "backbone.safetensors"
 CALIBRATION = "calibration.json"
 ONNX = "model.onnx"
@@ -48,9 +55,9 @@ ONNX_OUTPUTS = ("maps", "scores")
 BACKBONE_MODES = ("embed", "reference")
 
 SCORING_RULES = {
-    "industrial": "score = 0.5 * max(minmax(map)) + 0.5 * minmax(raw score), min-max over the "
-    "images scored together; maps min-max normalised over them",
-    "medical": "score = max(minmax(map)), min-max over the images scored together",
+    "industrial": "per image: score = 0.5 * max(map) + 0.5 * p (aaclip test: each term "
+    "min-max normalised over a class first)",
+    "medical": "per image: score = max(map) (aaclip test: map min-max normalised over a class)",
 }
 
 
@@ -63,7 +70,9 @@ class ExportedDetector(nn.Module):
 
     Input: a preprocessed batch (B, 3, S, S) (the export's input spec: resize to S x S
     bicubic, [0, 1], normalise). Output: anomaly maps (B, S, S) and raw image scores (B,),
-    exactly `method.predict(images, ctx)` with `ctx.text` = the baked anchors.
+    exactly `method.score_rule(method.predict(images, ctx), ctx)` (the per-image rule, no
+    normalisation) with `ctx.text` = the baked anchors and, few-shot, `ctx.memory` = the
+    baked memory bank (`memory`: its per-level normalised features).
     """
 
     def __init__(
@@ -74,25 +83,37 @@ class ExportedDetector(nn.Module):
         domain: str,
         dataset: str | None = None,
         has_masks: bool = True,
+        memory: list[torch.Tensor] | None = None,
+        mode: str = "zero-shot",
     ) -> None:
         super().__init__()
         self.method = method
         self.register_buffer("anchors", anchors.detach().float().clone())
-        self.class_name, self.domain, self.dataset, self.has_masks = (
+        self.levels = len(memory or [])
+        for i, f in enumerate(memory or []):
+            self.register_buffer(f"memory_{i}", f.detach().clone())
+        self.class_name, self.domain, self.dataset, self.has_masks, self.mode = (
             class_name,
             domain,
             dataset,
             has_masks,
+            mode,
         )
 
+    def memory_features(self) -> list[torch.Tensor]:
+        return [getattr(self, f"memory_{i}") for i in range(self.levels)]
+
     def context(self) -> ClassContext:
+        from aaclip.memory import MemoryBank
+
+        bank = MemoryBank.of_features(self.memory_features()) if self.levels else None
         return ClassContext(
-            self.class_name, self.dataset, self.domain, self.has_masks, text=self.anchors
+            self.class_name, self.dataset, self.domain, self.has_masks, self.anchors, bank
         )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pred = self.method.predict(images, self.context())
-        return pred.maps, pred.scores
+        ctx = self.context()
+        return self.method.score_rule(self.method.predict(images, ctx), ctx)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
@@ -120,14 +141,34 @@ def detector_for(
     domain: str = "industrial",
     description: str | None = None,
     dataset: str | None = None,
+    reference=None,
+    source: str = "checkpoint",
 ) -> ExportedDetector:
-    """An `ExportedDetector` of a method with the class's anchors computed now (once)."""
+    """An `ExportedDetector` of a method with the class's anchors computed now (once) and,
+    with a `reference` (`aaclip.reference.ReferenceClass`: few-shot), the memory bank
+    fitted on its reference normals as evaluation fits it."""
     from aaclip.prompts import DOMAINS
 
     if domain not in DOMAINS:
         raise ExportError(f"domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
     anchors = fixed_text_anchors(method, class_name, dataset, description)
-    return ExportedDetector(method.eval(), anchors, class_name, domain, dataset).eval()
+    if reference is None:
+        return ExportedDetector(method.eval(), anchors, class_name, domain, dataset).eval()
+    from aaclip.memory import MemoryBank
+
+    method.eval()
+    ctx = method.prepare_class(class_name, dataset, domain, reference.has_masks, description)
+    images = reference.images(method.input_spec(), method.device, source)
+    bank = method.fit_memory(ctx, images).memory
+    if not isinstance(bank, MemoryBank):
+        raise ExportError(
+            f"method {method.name}: its few-shot memory ({type(bank).__name__}) cannot be "
+            "exported (only a MemoryBank of features)"
+        )
+    return ExportedDetector(
+        method, anchors, class_name, domain, dataset, reference.has_masks,
+        [f.float() for f in bank.features], reference.mode,
+    ).eval()  # fmt: skip
 
 
 def onnx_available() -> bool:
@@ -261,6 +302,11 @@ def export_detector(
     report = report or _note
     if backbone not in BACKBONE_MODES:
         raise ExportError(f"--backbone must be embed or reference, got {backbone!r}")
+    if cfg.backbone.precision == "fp64":  # exports are float32 (ONNX, deployment)
+        cfg = dataclasses.replace(
+            cfg, backbone=dataclasses.replace(cfg.backbone, precision="fp32")
+        )
+        detector = detector.float()
     if onnx and not onnx_available():
         raise ExportError(
             "--onnx needs the onnx and onnxscript packages: pip install 'aaclip[export]'"
@@ -298,6 +344,9 @@ def _write(
     method = detector.method
     _save_tensors(out / ADAPTER, method.adapter_state())
     _save_tensors(out / ANCHORS, {"anchors": detector.anchors})
+    if detector.levels:
+        memory = detector.memory_features()
+        _save_tensors(out / MEMORY, {f"level_{i}": f for i, f in enumerate(memory)})
     identity = dict(method.backbone.identity)
     if backbone == "embed":
         _save_tensors(out / BACKBONE, method.clip.state_dict())
@@ -322,11 +371,16 @@ def _write(
         )
     onnx_files: list[str] = []
     spec = method.input_spec()
+    if onnx and detector.levels:
+        raise ExportError(
+            f"--onnx: a few-shot export ({detector.mode}) scores with a memory bank that is "
+            "not traced to ONNX; export without --onnx (the PyTorch runtime)"
+        )
     if onnx:
         onnx_files = [p.name for p in export_onnx(detector, out / ONNX, spec.image_size)]
     scoring = (
         "method"
-        if method_class(method.name).class_scores is not Method.class_scores
+        if method_class(method.name).score_rule is not Method.score_rule
         else detector.domain
     )
     manifest = {
@@ -340,6 +394,8 @@ def _write(
         "dataset": detector.dataset,
         "description": description,
         "domain": detector.domain,
+        "mode": detector.mode,
+        "has_masks": detector.has_masks,
         "input_spec": {
             "image_size": spec.image_size,
             "mean": list(spec.mean) if spec.mean is not None else None,
@@ -348,10 +404,13 @@ def _write(
             "then (x - mean) / std per channel; layout (B, 3, S, S) float32",
         },
         "outputs": {
-            "maps": "(B, S, S) raw anomaly map, float32",
-            "scores": "(B,) raw image score (p of abnormal), float32",
+            "maps": "(B, S, S) raw anomaly map by the method's per-image rule, float32",
+            "scores": "(B,) raw image score by the method's per-image rule, float32",
         },
-        "scoring": {"rule": scoring, "meaning": SCORING_RULES.get(scoring, "the method's own")},
+        "scoring": {
+            "rule": scoring,
+            "meaning": SCORING_RULES.get(scoring, f"{method.name}'s own (Method.score_rule)"),
+        },
         "backbone": {"mode": backbone, "identity": identity},
         "checkpoint": (
             {"name": Path(checkpoint).name, "sha256": _sha256(Path(checkpoint))}
@@ -378,7 +437,7 @@ def export_checkpoint(
     out: str | Path,
     *,
     description: str | None = None,
-    domain: str = "industrial",
+    domain: str | None = None,
     backbone: str = "embed",
     onnx: bool = False,
     weights: str | None = None,
@@ -393,11 +452,22 @@ def export_checkpoint(
     meta = ck.read_meta(checkpoint)
     if "config" not in meta:
         raise ck.CheckpointMismatchError(f"{checkpoint}: no aaclip metadata; not our checkpoint")
+    from aaclip.reference import Reference, scoring_mode
+
     cfg = ExperimentConfig.from_dict(meta["config"])
     if weights is not None:
         cfg.backbone.weights = weights
+    reference = Reference.of_checkpoint(meta, cfg, str(checkpoint), report or _note)
+    ref = reference.get(class_name) if reference is not None else None
+    if ref is not None:
+        domain = domain if domain is not None else ref.domain
+        dataset = dataset if dataset is not None else ref.dataset
+    domain = domain or "industrial"
     method = next(iter(load_methods(cfg, [checkpoint], torch.device("cpu")).values()))
-    detector = detector_for(method, class_name, domain, description, dataset)
+    detector = detector_for(
+        method, class_name, domain, description, dataset, ref, source=str(checkpoint)
+    )
+    detector.mode = scoring_mode(cfg, ref)
     return export_detector(
         detector,
         cfg,

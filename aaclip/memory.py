@@ -78,6 +78,16 @@ class MemoryBank:
         per_level = list(zip(*batches, strict=True))
         return cls([torch.cat(list(level)) for level in per_level], **kwargs)
 
+    @classmethod
+    def of_features(cls, features: Sequence[torch.Tensor]) -> MemoryBank:
+        """A bank of already normalised per-level (M, C) features (`features` of another
+        bank, e.g. stored in an export): kept as they are, not normalised again."""
+        bank = cls.__new__(cls)
+        bank.features = list(features)
+        bank.dtype = features[0].dtype
+        bank.chunk_elements = CHUNK_ELEMENTS
+        return bank
+
     @property
     def num_levels(self) -> int:
         return len(self.features)

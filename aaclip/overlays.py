@@ -30,9 +30,29 @@ MIN_PX, MAX_PX = 240, 900  # panel height in pixels when saved
 PREDICTED, TRUTH = "#ff2d2d", "#2dff5a"
 
 
-def _contour(ax, mask: np.ndarray | None, colour: str) -> bool:
+def at_size(array, size: tuple[int, int], *, mask: bool = False) -> np.ndarray:
+    """A map (bilinear) or a mask (`mask=True`: nearest, bool) resized to an image's own
+    (width, height), as (H, W): every map and mask is drawn on its picture's pixel grid, never
+    on another size's (a 64 px map on a 128 px tile would fill its top-left quarter)."""
+    a = np.asarray(array.detach().cpu().numpy() if hasattr(array, "detach") else array)
+    w, h = size
+    if mask:
+        a = a > 0.5 if a.dtype != bool else a
+        if a.shape != (h, w):
+            img = Image.fromarray(a.astype(np.uint8) * 255)
+            a = np.asarray(img.resize((w, h), Image.Resampling.NEAREST)) > 127
+        return a
+    from aaclip.predict import resize_map
+
+    return resize_map(a.astype(np.float32, copy=False), (w, h))
+
+
+def _contour(ax, mask: np.ndarray | None, colour: str, size: tuple[int, int]) -> bool:
     """Draw the outline of a binary mask; False when there is nothing to outline."""
-    if mask is None or not mask.any() or mask.all():
+    if mask is None:
+        return False
+    mask = at_size(mask, size, mask=True)
+    if not mask.any() or mask.all():
         return False
     ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.4)
     return True
@@ -95,7 +115,7 @@ def figure(
     axes[0].set_title("image", fontsize=9)
 
     calibrated = result.normalised_map is not None
-    heat = result.normalised_map if calibrated else result.map
+    heat = at_size(result.normalised_map if calibrated else result.map, (w, h))
     lo, hi = (0.0, 1.0) if calibrated else (float(heat.min()), float(heat.max()))
     norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
     axes[1].imshow(heat, cmap="jet", norm=norm, alpha=0.5)
@@ -113,10 +133,10 @@ def figure(
 
     handles = []
     if result.mask is not None:
-        _contour(axes[2], result.mask, PREDICTED)
+        _contour(axes[2], result.mask, PREDICTED, (w, h))
         handles.append(Line2D([], [], color=PREDICTED, label="predicted"))
     if truth is not None:
-        _contour(axes[2], np.asarray(truth, bool), TRUTH)
+        _contour(axes[2], np.asarray(truth, bool), TRUTH, (w, h))
         handles.append(Line2D([], [], color=TRUTH, label="ground truth"))
     if result.mask is None:
         axes[2].set_title("no mask (not calibrated)", fontsize=9)

@@ -8,9 +8,13 @@
 
 Every image is scored alone (a batch of one): its raw score and map never depend on the
 other images of a call (the released V-V attention even mixes the images of a batch). Raw
-values are the method's own outputs before any per-class normalisation: the image score is
-`Prediction.scores` (industrial) or the peak of the raw map (medical, the domain's image rule),
-the map is `Prediction.maps` resized to the image's own size. With a calibration stored beside
+values are the method's own score rule (`Method.score_rule`) on the image alone, before any
+per-class normalisation: the very terms `aaclip test` combines after min-max normalising
+them over a class (AA-CLIP industrial: 0.5 * max(map) + 0.5 * p; medical: max(map); MVFA
+few-shot: the text and memory maps blended ...); the map is resized to the image's own size.
+A few-shot checkpoint fits the memory bank it was evaluated with (`aaclip.reference`: its
+reference normals, checked by content hash) before scoring; `Result.mode` says which mode
+scored ("zero-shot" or "few-shot k=N"). With a calibration stored beside
 the checkpoint (`aaclip calibrate`, `aaclip.calibration`) each image also gets a normalised
 score (threshold at 0.5), a label and a binary mask; without one, raw values only.
 `aaclip test` keeps the released per-class test-set normalisation for the paper tables.
@@ -36,7 +40,8 @@ from aaclip.calibration import Calibration, load_calibration
 from aaclip.config import ExperimentConfig
 from aaclip.fileio import atomic_write, atomic_write_text
 from aaclip.methods import ClassContext, InputSpec, Method, Prediction
-from aaclip.runtime import pick_device
+from aaclip.reference import Reference, ReferenceClass, scoring_mode
+from aaclip.runtime import full_precision, pick_device
 from aaclip.transforms import image_to_tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -49,7 +54,6 @@ __all__ = [
     "Target",
     "collect_images",
     "predict_files",
-    "raw_image_scores",
     "write_predictions",
 ]
 
@@ -124,14 +128,6 @@ def _note(message: str) -> None:
     print(f"aaclip: note: {message}", file=sys.stderr)
 
 
-def raw_image_scores(pred: Prediction, domain: str) -> torch.Tensor:
-    """Raw image scores (B,), no normalisation: the method's score, or for `medical` the peak
-    of the raw map (the medical rule scores an image by its map alone)."""
-    if domain == "medical":
-        return pred.maps.flatten(1).max(dim=1).values
-    return pred.scores
-
-
 def resize_map(raw_map: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A (S, S) map resized bilinearly to an image's own (width, height): (H, W) float32.
 
@@ -155,6 +151,16 @@ class Target:
     description: str | None  # replaces the class's own text when given
     domain: str
     calibration: Calibration | None
+    dataset: str | None = None  # the dataset of its text and reference normals, when known
+    reference: ReferenceClass | None = None  # few-shot: the normals of its memory bank
+    fixed_mode: str | None = None  # an export's mode, from its manifest
+
+    @property
+    def mode(self) -> str:
+        """The scoring mode: zero-shot, or few-shot k=N (a memory bank of N normals)."""
+        if self.fixed_mode is not None:
+            return self.fixed_mode
+        return self.reference.mode if self.reference is not None else "zero-shot"
 
 
 @dataclass
@@ -177,6 +183,7 @@ class Result:
     mask: np.ndarray | None = None
     normalised_map: np.ndarray | None = None
     calibration: Calibration | None = None
+    mode: str = "zero-shot"  # or "few-shot k=N": the memory bank of N reference normals
 
     @property
     def calibrated(self) -> bool:
@@ -191,7 +198,9 @@ class Detector:
     """A checkpoint's method on one device, with the checkpoint's calibration when it has one.
 
     `predict(image)` scores one image alone; `raw(image, target)` gives the raw (score, map at
-    the model's input size) that `aaclip calibrate` calibrates on.
+    the model's input size) that `aaclip calibrate` calibrates on. With a `reference` (a
+    few-shot checkpoint) each class's context holds the memory bank fitted on its reference
+    normals, as evaluation fits it; a class without reference normals is refused.
     """
 
     def __init__(
@@ -199,12 +208,16 @@ class Detector:
         method: Method,
         checkpoint: str | Path | None = None,
         calibrations: dict[str, Calibration] | None = None,
+        reference: Reference | None = None,
     ) -> None:
         self.method = method.eval()
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.calibrations = calibrations
+        self.reference = reference
         self.spec = method.input_spec()
         self.fixed: tuple[str, str] | None = None  # (class, domain) baked in: an export
+        self.fixed_mode: str | None = None  # an export's "zero-shot" / "few-shot k=N"
+        self.base_mode = "zero-shot"  # without reference normals (the config's protocol)
         self._contexts: dict[tuple, ClassContext] = {}
 
     @classmethod
@@ -218,16 +231,19 @@ class Detector:
         domain: str,
         calibration: Calibration | None = None,
         source: str | Path | None = None,
+        mode: str = "zero-shot",
     ) -> Detector:
-        """A detector of one class whose text is baked into `predict` (preprocessed images
-        (B, 3, S, S) -> raw Prediction), e.g. an `aaclip export` run by PyTorch or
-        onnxruntime: images are read, scored and written exactly as from a checkpoint."""
+        """A detector of one class whose context is baked into `predict` (preprocessed images
+        (B, 3, S, S) -> the method's per-image rule as a Prediction: maps and scores), e.g.
+        an `aaclip export` run by PyTorch or onnxruntime: images are read, scored and
+        written exactly as from a checkpoint. `mode`: the export's ("few-shot k=N")."""
         det = cls(
             _Baked(predict, spec, device),
             source,
             {class_name: calibration} if calibration else None,
         )
         det.fixed = (class_name, domain)
+        det.fixed_mode = mode
         return det
 
     @classmethod
@@ -238,8 +254,10 @@ class Detector:
         device: str | torch.device | None = None,
         weights: str | None = None,
         calibration: bool = True,
+        report: Callable[[str], None] | None = None,
     ) -> Detector:
-        """Load a checkpoint (any method) and, with `calibration`, its stored calibration."""
+        """Load a checkpoint (any method), its reference normals when it is few-shot
+        (`aaclip.reference`) and, with `calibration`, its stored calibration."""
         from aaclip.evaluate import load_methods
 
         meta = ck.read_meta(checkpoint)  # one line when the file is not a checkpoint
@@ -250,9 +268,12 @@ class Detector:
         cfg = ExperimentConfig.from_dict(meta["config"])
         if weights is not None:
             cfg.backbone.weights = weights
+        reference = Reference.of_checkpoint(meta, cfg, str(checkpoint), report or _note)
         method = next(iter(load_methods(cfg, [checkpoint], pick_device(device)).values()))
         calibrations = load_calibration(checkpoint) if calibration else None
-        return cls(method, checkpoint, calibrations)
+        det = cls(method, checkpoint, calibrations, reference)
+        det.base_mode = scoring_mode(cfg)
+        return det
 
     @property
     def device(self) -> torch.device:
@@ -268,16 +289,21 @@ class Detector:
         class_name: str | None = None,
         description: str | None = None,
         domain: str | None = None,
+        dataset: str | None = None,
     ) -> Target:
         """The class of the images: by `class_name` (its own text, e.g. a records class) or by
         `description` (the text of the prompts, also its calibration key). With neither, the
-        single calibrated class. `domain` defaults to the calibration's, else industrial."""
+        single calibrated class. `domain` defaults to the calibration's, else (few-shot) the
+        reference set's, else industrial; `dataset` (its class text) to the reference set's.
+        A few-shot checkpoint refuses a class it holds no reference normals of."""
         if domain is not None and domain not in DOMAINS:
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
         cals = self.calibrations or {}
         if self.fixed is not None:  # the class and domain are baked in
             name, fixed_domain = self.fixed
-            return Target(name, name, None, fixed_domain, cals.get(name))
+            return Target(
+                name, name, None, fixed_domain, cals.get(name), fixed_mode=self.fixed_mode
+            )
         key = class_name or description
         if key is None:
             if len(cals) != 1:
@@ -290,36 +316,57 @@ class Detector:
         stored = cal.extra if cal is not None else {}
         if cal is not None:  # the calibration holds for the text it was made with
             class_name, description = stored.get("class_name", key), stored.get("description")
+            dataset = dataset if dataset is not None else stored.get("dataset")
         stored_domain = stored.get("domain")
         if domain is not None and stored_domain is not None and domain != stored_domain:
             raise ValueError(
                 f"class {key!r} was calibrated with --domain {stored_domain}, not {domain}: "
                 "pass the same domain, or calibrate again"
             )
+        ref = self.reference.get(class_name or key) if self.reference is not None else None
+        if ref is not None:
+            domain = domain or stored_domain or ref.domain
+            dataset = dataset if dataset is not None else ref.dataset
         domain = domain or stored_domain or "industrial"
-        return Target(key, class_name or key, description, domain, cal)
+        mode = None if ref is not None else self.base_mode
+        return Target(key, class_name or key, description, domain, cal, dataset, ref, mode)
 
     def context(self, target: Target) -> ClassContext:
-        """The method's per-class context (text anchors ...), built once per target."""
-        k = (target.class_name, target.description, target.domain)
+        """The method's per-class context (text anchors, few-shot memory bank ...), built
+        once per target exactly as evaluation builds it."""
+        k = (target.class_name, target.description, target.domain, target.dataset)
         if k not in self._contexts:
-            self._contexts[k] = self.method.prepare_class(
-                target.class_name, None, target.domain, description=target.description
+            ref = target.reference
+            ctx = self.method.prepare_class(
+                target.class_name,
+                target.dataset,
+                target.domain,
+                ref.has_masks if ref is not None else True,
+                description=target.description,
             )
+            if ref is not None:
+                source = str(self.checkpoint) if self.checkpoint else "checkpoint"
+                ctx = self.method.fit_memory(ctx, ref.images(self.spec, self.device, source))
+            self._contexts[k] = ctx
         return self._contexts[k]
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def raw(self, image: Image.Image, target: Target) -> tuple[float, torch.Tensor]:
-        """Raw image score and raw map (S, S) at the model's input size, on the CPU."""
+    def raw_prediction(self, image: Image.Image, target: Target) -> Prediction:
+        """The method's raw outputs (`Method.predict`) of one image alone, on the CPU."""
         x = image_to_tensor(
             image, self.spec.image_size, self.spec.mean, self.spec.std, self.method.dtype
         )
-        pred = self.method.predict(
-            x[None].to(self.device, self.method.dtype), self.context(target)
-        )
-        pred = pred.to(torch.device("cpu"))
-        return float(raw_image_scores(pred, target.domain)[0]), pred.maps[0].float()
+        pred = self.method.predict(x[None].to(self.device), self.context(target))
+        return pred.to(torch.device("cpu"))
+
+    @torch.no_grad()
+    def raw(self, image: Image.Image, target: Target) -> tuple[float, torch.Tensor]:
+        """Raw image score and raw map (S, S) at the model's input size, on the CPU: the
+        method's score rule (`Method.score_rule`) on the image alone."""
+        pred = self.raw_prediction(image, target)
+        maps, scores = self.method.score_rule(pred, self.context(target))
+        return float(scores[0]), full_precision(maps[0])
 
     def predict(
         self,
@@ -339,7 +386,7 @@ class Detector:
         target = target or self.target(class_name, description, domain)
         score, small = self.raw(image, target)
         full = resize_map(small, image.size)
-        result = Result(name, target.key, image.size, score, full)
+        result = Result(name, target.key, image.size, score, full, mode=target.mode)
         cal = target.calibration
         if cal is not None:
             result.calibration = cal
@@ -377,6 +424,10 @@ class _Baked:
 
     def predict(self, images: torch.Tensor, ctx: ClassContext) -> Prediction:
         return self._predict(images)
+
+    def score_rule(self, pred: Prediction, ctx: ClassContext, norm=None):
+        """An export's outputs are already the method's per-image rule."""
+        return pred.maps, pred.scores
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -453,7 +504,7 @@ def predict_files(
     record's class, and the overlay shows the ground-truth mask). An image's row is the same
     whatever other images share the call.
     """
-    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
+    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights, report=report)
     return write_predictions(
         det,
         inputs,
@@ -501,6 +552,7 @@ def write_predictions(
         row = {
             "image": str(item.path),
             "class": result.class_name,
+            "mode": result.mode,
             "raw_score": f"{result.score:.6g}",
             "score": "" if result.normalised is None else f"{result.normalised:.4f}",
             "label": result.label or "",

@@ -67,16 +67,27 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
 
 
-def class_scores(
-    maps: torch.Tensor, probs: torch.Tensor, domain: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class normalised maps and image scores.
+def as_is(x: torch.Tensor) -> torch.Tensor:
+    """The identity: a score rule's terms as they are (one image alone, no normalisation)."""
+    return x
 
-    Maps and image probabilities are min-max normalised over all the class's test images;
-    industrial score = 0.5 * max(map) + 0.5 * p, medical score = max(map).
-    """
-    maps = minmax(maps)
+
+def score_rule(
+    maps: torch.Tensor, probs: torch.Tensor, domain: str, norm=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AA-CLIP's rule: maps = norm(maps); industrial score = 0.5 * max(map) + 0.5 * norm(p),
+    medical score = max(map). `norm` (default: none) normalises each raw term first."""
+    norm = norm or as_is
+    maps = norm(maps)
     peak = maps.flatten(1).max(dim=1).values
     if domain == "medical":
         return maps, peak
-    return maps, 0.5 * peak + 0.5 * minmax(probs)
+    return maps, 0.5 * peak + 0.5 * norm(probs)
+
+
+def class_scores(
+    maps: torch.Tensor, probs: torch.Tensor, domain: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class normalised maps and image scores: `score_rule` with every term min-max
+    normalised over all the class's test images (maps over all their pixels)."""
+    return score_rule(maps, probs, domain, minmax)

@@ -80,7 +80,8 @@ def test_calibrate_stores_and_prints_what_it_stored(setup, calibrated, capsys):
     argv += ["--anomalous", str(root / "test"), "--description", "grass", "--fpr", "0.1"]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("calibrated model.safetensors at FPR 0.1 on raw scores (15 images")
+    head = "calibrated model.safetensors at FPR 0.1 on zero-shot raw scores (15 images"
+    assert out[0].startswith(head)
     assert out[1].split() == [
         "class", "normals", "image", "threshold", "pixel", "threshold", "image", "FPR",
         "pixel", "FPR", "anomalous", "image", "TPR", "pixel", "TPR",
@@ -153,8 +154,8 @@ def test_without_calibration_raw_scores_only_and_one_plain_line(setup, tmp_path,
         f"--checkpoint {ckpt} --normal NORMAL_IMAGES` makes one): raw scores only, no label"
     )
     lines = cap.out.splitlines()
-    assert lines[0].split() == ["image", "class", "raw", "score"]  # no score, no label
-    assert lines[1].split()[:2] == [str(tests[0]), "grass"]
+    assert lines[0].split() == ["image", "class", "mode", "raw", "score"]  # no score, no label
+    assert lines[1].split()[:3] == [str(tests[0]), "grass", "zero-shot"]
     out = tmp_path / "p"
     assert lines[2] == f"wrote {out / 'scores.csv'}, 1 overlay in {out}/overlays"
     row = _rows(tmp_path / "p" / "scores.csv")[0]
@@ -170,9 +171,12 @@ def test_calibrated_predict_prints_score_and_label(setup, calibrated, tmp_path, 
     cap = capsys.readouterr()
     assert cap.err == ""
     lines = cap.out.splitlines()
-    assert lines[0].split() == ["image", "class", "raw", "score", "score", "label"]
+    assert lines[0].split() == ["image", "class", "mode", "raw", "score", "score", "label"]
     row = _rows(out / "scores.csv")[0]
-    assert lines[1].split()[:4] == [str(tests[1]), "grass", row["raw_score"], row["score"]]
+    assert row["mode"] == "zero-shot"
+    assert lines[1].split()[:5] == [
+        str(tests[1]), "grass", "zero-shot", row["raw_score"], row["score"]
+    ]  # fmt: skip
     assert lines[1].split()[-1] == row["label"]
     wrote = f"wrote {out / 'scores.csv'}, 1 overlay in {out}/overlays, 1 mask in {out}/masks"
     assert lines[2] == wrote

@@ -57,17 +57,21 @@ def test_normalise_maps_the_threshold_to_one_half_and_is_monotone():
     assert normalise(3.7, 3.7, 0.2) == 0.5
     raw = np.linspace(-10, 10, 2001)
     out = normalise(raw, 1.0, 4.0)
-    assert np.all(np.diff(out) >= 0) and out.min() == 0.0 and out.max() == 1.0
+    assert np.all(np.diff(out) > 0)  # strictly increasing: never saturated, never clipped
+    assert 0.0 < out.min() < 0.25 and 0.75 < out.max() < 1.0
     assert np.all((out > 0.5) == (raw > 1.0))
+    assert normalise([-3.0, 5.0, 13.0, 37.0], 1.0, 4.0).tolist() == [0.25, 0.75, 0.875, 0.95]
     with pytest.raises(ValueError, match="scale"):
         normalise(1.0, 0.0, 0.0)
 
 
-def test_calibrated_scores_put_the_median_normal_at_0_and_the_threshold_at_one_half():
+def test_calibrated_scores_put_the_median_normal_at_a_quarter_and_the_threshold_at_one_half():
     scores, maps = known_sample()
     cal = calibrate(scores, maps, fpr=0.01)
     assert cal.normalise_score(cal.image_threshold) == 0.5
-    assert cal.normalise_score(np.median(scores)) == pytest.approx(0.0)
+    assert cal.normalise_score(np.median(scores)) == pytest.approx(0.25)
+    spread = cal.image_threshold - np.median(scores)
+    assert cal.normalise_score(cal.image_threshold + spread) == pytest.approx(0.75)
     assert cal.normalise_map(np.float32(cal.pixel_threshold)) == 0.5
     norm = cal.normalise_score(scores)
     assert np.all((norm > 0.5) == cal.label(scores)) and cal.label(scores).sum() == 2
@@ -117,6 +121,8 @@ def test_json_roundtrip():
     assert many == {"bottle": cal}
     with pytest.raises(ValueError, match="version"):
         Calibration.from_dict({**cal.to_dict(), "version": 99})
+    with pytest.raises(ValueError, match="version 1 holds thresholds of the earlier"):
+        Calibration.from_dict({**cal.to_dict(), "version": 1})
     d = cal.to_dict()
     del d["image_threshold"]
     with pytest.raises(ValueError, match="image_threshold"):
@@ -127,7 +133,21 @@ def test_maps_of_different_sizes_and_degenerate_normals():
     maps = [np.zeros((3, 5), np.float32), np.ones((4, 4), np.float32)]
     cal = calibrate([0.2, 0.2], maps, fpr=0.25)
     assert cal.n_normal_pixels == 31 and cal.image_scale > 0  # constant scores: a step
-    assert cal.normalise_score(0.2) == 0.5 and cal.normalise_score(0.3) == 1.0
+    assert cal.normalise_score(0.2) == 0.5 and 0.9999 < cal.normalise_score(0.3) < 1.0
+
+
+def test_normalised_scores_spread_instead_of_piling_up_at_0_and_1():
+    """12 normals, as in the issue: ordinary normal and anomalous images keep distinct
+    normalised scores strictly inside (0, 1), ordered as their raw scores."""
+    rng = np.random.default_rng(0)
+    normals = 0.5 + 0.01 * rng.standard_normal(12)
+    cal = calibrate(normals, rng.random((12, 4, 4)).astype(np.float32), fpr=0.01)
+    images = np.concatenate([0.5 + 0.01 * rng.standard_normal(5), 0.55 + 0.02 * rng.random(5)])
+    norm = cal.normalise_score(images)
+    assert np.all((norm > 0.0) & (norm < 1.0))
+    assert np.all((norm > 0.02) & (norm < 0.98))  # none saturated at 4 decimals
+    assert len(np.unique(np.round(norm, 4))) == len(images)
+    assert np.array_equal(np.argsort(norm), np.argsort(images))
 
 
 @pytest.mark.parametrize(

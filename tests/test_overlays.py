@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
@@ -65,3 +67,46 @@ def test_uncalibrated_overlay_says_so():
     assert fig._suptitle.get_text() == "a.png (bottle): raw score 0.8; no calibration, so no label"
     bar = [ax for ax in fig.axes if ax not in panels][0]
     assert bar.get_ylabel() == "raw anomaly (not calibrated)"
+
+
+def test_a_map_of_another_size_is_drawn_over_the_whole_image():
+    image = Image.fromarray(np.full((H, W, 3), 120, np.uint8))
+    r = _result(True)
+    small = np.zeros((8, 8), np.float32)
+    small[:, 4:] = 1.0  # the right half: a map at the model's size, not the image's
+    r.map, r.normalised_map, r.mask = small, small, small > 0.5
+    fig = figure(image, r, truth=np.ones((4, 4), bool) & np.eye(4, dtype=bool))
+    heat = _panels(fig)[1].images[1].get_array()
+    assert heat.shape == (H, W)
+    assert heat[:, : W // 2 - 2].max() < 0.5 and heat[:, W // 2 + 2 :].min() > 0.5
+
+
+def test_every_map_of_the_grid_fills_its_tile(tmp_path):
+    """IQE-CLIP's 64 px maps beside 128 px ones: each is drawn on the whole tile."""
+    import torch
+
+    from aaclip.analysis.plots import qualitative_grid
+
+    tile = 32
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / "a.png")
+
+    class Set:
+        root = tmp_path
+
+    def pred(size: int):
+        maps = torch.zeros(1, size, size)
+        maps[0, size // 2 :, size // 2 :] = 1.0  # bottom-right quarter anomalous
+        masks = torch.zeros(1, size, size, dtype=torch.bool)
+        masks[0, size // 2 :, size // 2 :] = True
+        return SimpleNamespace(maps=maps, masks=masks, labels=np.array([1]), image_paths=["a.png"])
+
+    ts = Set()
+    predictions = {ts: {"small": {"c": pred(16)}, "big": {"c": pred(tile)}}}
+    fig = qualitative_grid(predictions, tile, {"small": "16 px", "big": "32 px"}, "maps")
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) == 4  # image, ground truth, two maps
+    for ax in axes[1:]:
+        drawn = np.asarray(ax.images[-1].get_array(), dtype=np.float32)
+        assert drawn.shape == (tile, tile), ax.get_ylabel()
+        half = tile // 2
+        assert drawn[: half - 2, :].max() < 0.5 and drawn[half + 2 :, half + 2 :].min() > 0.5

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from aaclip.config import apply_overrides, preset
 from aaclip.results import deviations

@@ -55,8 +55,13 @@ def qualitative_grid(
 
     Maps are the evaluation maps (normalised over each class's test images, in [0, 1]; one
     colour bar for all); the ground-truth outline is drawn in white on the maps of anomalous
-    images. Models may come from separate passes over the same records (same order).
+    images. Models may come from separate passes over the same records (same order). Every
+    map and mask is resized to its tile (`image_size`) first: models of other input sizes
+    (IQE-CLIP's 64 px beside 128 px) cover the whole tile, not a corner of it.
     """
+    from aaclip.overlays import at_size
+
+    tile = (image_size, image_size)
     columns = []  # (test set, class, index)
     for ts, per_model in predictions.items():
         first = next(iter(per_model.values()))
@@ -71,14 +76,15 @@ def qualitative_grid(
         axes[0, col].imshow(np.asarray(img))
         kind = "anomalous" if pred.labels[i] == 1 else "normal"
         axes[0, col].set_title(f"{cls}\n{kind}", fontsize=7)
-        axes[1, col].imshow(pred.masks[i].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        truth = at_size(pred.masks[i], tile, mask=True)
+        axes[1, col].imshow(truth, cmap="gray", vmin=0, vmax=1)
         for row, key in enumerate(model_labels, start=2):
-            m = predictions[ts][key][cls].maps[i].cpu().numpy()
+            m = at_size(predictions[ts][key][cls].maps[i], tile)
             axes[row, col].imshow(np.asarray(img), alpha=0.5)
             axes[row, col].imshow(m, cmap="jet", vmin=0, vmax=1, alpha=0.55)
-            if pred.labels[i] == 1:
+            if pred.labels[i] == 1 and truth.any() and not truth.all():
                 axes[row, col].contour(
-                    pred.masks[i].cpu().numpy(), levels=[0.5], colors="w", linewidths=0.7
+                    truth.astype(np.float32), levels=[0.5], colors="w", linewidths=0.7
                 )
     row_names = ["image", "ground truth", *model_labels.values()]
     for row, ax_row in enumerate(axes):

@@ -194,14 +194,32 @@ class Method(nn.Module):
         """Raw maps (B, S, S) and image scores (B,) of a batch of one class."""
         raise NotImplementedError
 
+    def score_rule(
+        self,
+        pred: Prediction,
+        ctx: ClassContext,
+        norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The method's score rule: maps (B, S, S) and image scores (B,) from raw outputs.
+
+        The one hook every exit scores with. Each raw term (a map, a score) goes through
+        `norm` before the terms are combined: `norm=None` (as they are) is the per-image rule
+        of `predict`, `calibrate`, `export` and `Detector` (each image alone, raw values);
+        `class_scores` (`test`) is the same rule with every term min-max normalised over the
+        class's images. So a test score is the rule applied to the very per-image terms that
+        `predict` sees, only normalised over the class.
+
+        Default: AA-CLIP's rule (map; industrial 0.5 max map + 0.5 p, medical max map).
+        """
+        return scoring.score_rule(pred.maps, pred.scores, ctx.domain, norm)
+
     def class_scores(
         self, pred: Prediction, ctx: ClassContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-class maps in [0, 1] and image scores from the raw outputs of all its images.
-
-        Default: AA-CLIP's rule (min-max over the class; industrial 0.5 max map + 0.5 p).
-        """
-        return scoring.class_scores(pred.maps, pred.scores, ctx.domain)
+        """Per-class maps in [0, 1] and image scores from the raw outputs of all its images:
+        `score_rule` with each term min-max normalised over the class (override the rule,
+        not this)."""
+        return self.score_rule(pred, ctx, scoring.minmax)
 
     def class_anchors(
         self, class_name: str, dataset: str | None, description: str | None = None

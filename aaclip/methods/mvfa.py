@@ -45,7 +45,7 @@ from aaclip.memory import MemoryBank, memory_score
 from aaclip.methods.base import ClassContext, InputSpec, Method, Prediction, Stage
 from aaclip.prompt_sets import PromptSet, load_prompt_set, read_prompt_set
 from aaclip.runtime import full_precision
-from aaclip.scoring import minmax, upsample
+from aaclip.scoring import as_is, upsample
 
 PROTOCOL_MODES = ("few_shot", "zero_shot")
 DET_BCE = ("logits_on_probability", "probability")
@@ -366,17 +366,19 @@ class MVFA(Method):
                 extra["memory_score"] = memory_score(memory_map)
         return Prediction(maps, scores, extra)
 
-    def class_scores(
-        self, pred: Prediction, ctx: ClassContext
+    def score_rule(
+        self, pred: Prediction, ctx: ClassContext, norm=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """MVFA's rules, min-max over the whole test set (see the module docstring)."""
+        """MVFA's rules (see the module docstring); `class_scores` min-maxes each term over
+        the whole test set, one image alone takes them as they are."""
+        norm = norm or as_is
         if "memory_map" in pred.extra:  # few-shot, segmentation set
-            maps = 0.5 * minmax(pred.maps) + 0.5 * minmax(pred.extra["memory_map"])
+            maps = 0.5 * norm(pred.maps) + 0.5 * norm(pred.extra["memory_map"])
             return maps, maps.flatten(1).amax(dim=1)
         if "memory_score" in pred.extra:  # few-shot, classification-only set
-            scores = 0.5 * minmax(pred.scores) + 0.5 * minmax(pred.extra["memory_score"])
-            return minmax(pred.maps), scores
-        return minmax(pred.maps), minmax(pred.scores)  # zero-shot
+            scores = 0.5 * norm(pred.scores) + 0.5 * norm(pred.extra["memory_score"])
+            return norm(pred.maps), scores
+        return norm(pred.maps), norm(pred.scores)  # zero-shot
 
     # ---------------------------------------------------------------- memory bank
     @torch.no_grad()

@@ -407,12 +407,13 @@ class IQEClip(Method):
         scores = tokens if cfg.protocol == "zero" else pixels
         return Prediction(maps, scores, {"score_tokens": tokens, "score_pixels": pixels})
 
-    def class_scores(
-        self, pred: Prediction, ctx: ClassContext
+    def score_rule(
+        self, pred: Prediction, ctx: ClassContext, norm=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Min-max over the set, maps and scores alike (no blend follows: AUROC-neutral)."""
-        maps, scores = full_precision(pred.maps), full_precision(pred.scores)
-        return scoring.minmax(maps), scoring.minmax(scores)
+        """Maps and scores as they are (one image) or min-max over the set (`class_scores`;
+        no blend follows: AUROC-neutral)."""
+        norm = norm or scoring.as_is
+        return norm(full_precision(pred.maps)), norm(full_precision(pred.scores))
 
     # ---------------------------------------------------------------- training
     def grad_scaler(self) -> torch.amp.GradScaler | None:
