@@ -176,15 +176,18 @@ def create_backbone(
     `image_size` overrides the config's input size; loaded positional embeddings are resized
     (bicubic) by open_clip. `quick_gelu` defaults to False like the released AA-CLIP code.
     Without weights the random initialisation is drawn from `init_seed` alone, so the same
-    random backbone is rebuilt in every process (training, evaluation, prediction). Weights
-    are float64 under `precision="fp64"` (built in float64, so a random init is the same on
-    every CPU), float32 otherwise: bf16 comes from autocast on GPU.
+    random backbone is rebuilt in every process (training, evaluation, prediction); it is
+    drawn in float64 (the same on every CPU) and cast. Weights are float64 under
+    `precision="fp64"`, float32 otherwise: bf16 comes from autocast on GPU.
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown backbone {name!r}; tiny test configs: {tiny_model_names()}")
     dtype = parameter_dtype(precision)
     path = resolve_weights(weights, name, require_weights)
-    with _quiet("root"), torch.random.fork_rng(devices=[]), default_dtype(dtype):
+    # A random init is drawn in float64 whatever the precision (then cast): the same weights
+    # on every CPU and under every precision, so a checkpoint fits its random backbone.
+    build = torch.float64 if path is None else dtype
+    with _quiet("root"), torch.random.fork_rng(devices=[]), default_dtype(build):
         torch.manual_seed(init_seed)  # open_clip warns "initialized randomly": silenced
         model = open_clip.create_model(
             name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu

@@ -246,7 +246,7 @@ def test_export_equals_the_checkpoint(case: Case, tmp_path) -> None:
         tol = 1e-5 if runtime == "torch" else 1e-4
         for i, (score, small) in enumerate(want):
             assert float(got.scores[i]) == pytest.approx(score, rel=tol, abs=tol), runtime
-            torch.testing.assert_close(got.maps[i].float(), small, rtol=tol, atol=tol)
+            torch.testing.assert_close(got.maps[i].float(), small.float(), rtol=tol, atol=tol)
     if case.memory is not None and export.onnx_available():  # ONNX refused in one line
         with pytest.raises(export.ExportError, match="few-shot export") as e:
             export.export_checkpoint(
