@@ -227,7 +227,7 @@ class MVFA(Method):
         "bank_without_x11": ["model.memory_augment=none"],
         "quick_gelu": ["backbone.quick_gelu=true"],
     }
-    needs_masks = False  # classification-only sets train the det adapters only
+    needs_masks = False  # classification-only sets train too: det loss, det adapters stepped
     adapter_block: ClassVar[type[nn.Module]] = MVFAAdapter
 
     def __init__(self, backbone: Backbone, cfg: MVFAConfig | None = None) -> None:
