@@ -30,10 +30,12 @@ seg + det loss, both Adam optimisers step) and a classification-only set (Chest:
 only, only the det optimiser steps, the seg adapters stay in the graph). Only its inputs are
 substituted: ``create_model`` returns the release's own CLIP (its ``create_model``, no
 pretrained file) holding the shared weights (positional embedding resized by the release's
-``resize_pos_embed``), ``MedDataset`` holds the one image (and mask) as its few-shot set,
-``augment`` passes it through unaugmented, ``encode_text_with_prompt_ensemble`` (the release's)
-is computed once per set and reused, and on a machine without CUDA the one bookkeeping tensor
-``CLIP_Inplanted.forward`` sends to ``'cuda'`` (``adapter.py`` L78, never used) stays on the CPU.
+``resize_pos_embed``), ``MedDataset`` holds the one image (and mask) as its few-shot set (an
+abnormal image: with normal image 1, which the bank loader needs), ``augment`` passes them
+through unaugmented, its loaders keep their order (the image is the first step),
+``encode_text_with_prompt_ensemble`` (the release's) is computed once per set and reused, and
+on a machine without CUDA the one bookkeeping tensor ``CLIP_Inplanted.forward`` sends to
+``'cuda'`` (``adapter.py`` L78, never used) stays on the CPU.
 An Adam subclass stands in for ``torch.optim.Adam`` to read, at the det optimiser's step, the
 losses, the adapter gradients of every level (seg and det), both optimisers' state and the
 adapters before and after the step; then the run is stopped. Our side is
@@ -44,7 +46,12 @@ both sides), the seg adapters and Adam state after a classification-only step (u
 empty on both sides), and the adapters after the step (info: Adam's first step is lr times
 the gradient's sign, which a gradient within rounding of 0 may flip). Inputs:
 ``torch.Generator().manual_seed(2024)``: 4 images in [0, 1], labels 0, 0, 1, 1, rectangles as
-masks of images 2 and 3; steps on images 0 and 2. The shared weights: the reference
+masks of images 2 and 3; steps on images 0 and 2. Both sides run in float64 by default
+(the default dtype while they run; the weights stay the fp16-rounded ones, our det scores are
+cast to fp32 as in training): in fp32 (``--steps-dtype float32``) a W1 x within rounding of 0
+on one token (a LeakyReLU kink) takes the other slope on one side, and the backward through
+that token reaches every earlier level, which moves small gradients (the seg adapters' on a
+classification-only set) by more than the tolerance. The shared weights: the reference
 directory's file if given, else made the same way (``torch.manual_seed(0)``, open_clip,
 fp16-rounded). The release imports ``kornia`` (and torchvision, pandas, sklearn, scipy):
 run the script with a Python that has them besides this project's packages, e.g. a venv in
@@ -312,12 +319,12 @@ def shared_weights(released: Path | None) -> dict[str, torch.Tensor]:
     return {k: v.half().float() if v.is_floating_point() else v.clone() for k, v in state.items()}
 
 
-def step_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4 images in [0, 1], labels 0, 0, 1, 1, masks (rectangles) of images 2 and 3."""
+def step_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4 images in [0, 1] (drawn in fp32), labels 0, 0, 1, 1, masks of images 2 and 3."""
     g = torch.Generator().manual_seed(2024)
-    images = torch.rand(4, 3, IMAGE, IMAGE, generator=g)
-    labels = torch.tensor([0.0, 0.0, 1.0, 1.0])
-    masks = torch.zeros(4, 1, IMAGE, IMAGE)
+    images = torch.rand(4, 3, IMAGE, IMAGE, generator=g, dtype=torch.float32).to(dtype)
+    labels = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=dtype)
+    masks = torch.zeros(4, 1, IMAGE, IMAGE, dtype=dtype)
     masks[2, :, 60:150, 40:120] = 1
     masks[3, :, 130:200, 100:210] = 1
     return images, labels, masks
@@ -344,17 +351,18 @@ def _adapters(model) -> dict[str, torch.Tensor]:
     }
 
 
-def released_step(train_few, clip, obj: str, image, label, mask, texts: dict) -> dict:
+def released_step(train_few, clip, obj: str, image, label, mask, support, texts: dict) -> dict:
     """The release's `train_few.main()` on one image, stopped after its first step (see the
-    module docstring for what is substituted)."""
+    module docstring for what is substituted). `support`: the normal image of the few-shot
+    set when `image` is abnormal (the release's bank loader needs one; trained second)."""
     import CLIP.adapter as released_adapter
 
     seg_set = train_few.CLASS_INDEX[obj] > 0
-    none = image[:0]
     if label == 1:
-        abnormal, abnormal_mask, normal = image, (mask if seg_set else None), none
+        abnormal, abnormal_mask, normal = image, (mask if seg_set else None), support
     else:
-        abnormal, abnormal_mask, normal = none, (mask[:0] if seg_set else None), image
+        abnormal, abnormal_mask = image[:0], (mask[:0] if seg_set else None)
+        normal = image
 
     class OneImage(torch.utils.data.Dataset):  # the few-shot set; the test split is empty
         fewshot_abnorm_img, fewshot_abnorm_mask, fewshot_norm_img = abnormal, abnormal_mask, normal
@@ -395,6 +403,7 @@ def released_step(train_few, clip, obj: str, image, label, mask, texts: dict) ->
             out["grads"] = {
                 k: None if v.grad is None else v.grad.detach().clone() for k, v in named.items()
             }
+            out["image"] = frame.f_locals["image"].detach().clone()
             out["det_loss"] = frame.f_locals["det_loss"].detach().clone()
             if "seg_loss" in frame.f_locals:
                 out["seg_loss"] = frame.f_locals["seg_loss"].detach().clone()
@@ -413,9 +422,15 @@ def released_step(train_few, clip, obj: str, image, label, mask, texts: dict) ->
         "device": torch.device("cpu"),
         "use_cuda": False,
     }
+    loader = torch.utils.data.DataLoader
+
+    def in_order(*args, **kwargs):  # the training set's abnormal images come first
+        return loader(*args, **{**kwargs, "shuffle": False})
+
     with ExitStack() as stack:
         for name, value in patches.items():
             stack.enter_context(mock.patch.object(train_few, name, value))
+        stack.enter_context(mock.patch.object(torch.utils.data, "DataLoader", in_order))
         stack.enter_context(mock.patch.object(torch.optim, "Adam", Recording))
         stack.enter_context(mock.patch.object(sys, "argv", argv))
         if not torch.cuda.is_available():
@@ -517,8 +532,19 @@ def exactly(label: str, value: float) -> None:
     ROWS.append((label, value, 0.0 if value == 0 else float("inf"), True))
 
 
-def check_training_steps(clone: Path, released: Path | None) -> None:
-    """One training step per set and image, ours against the release's own loop."""
+def check_training_steps(clone: Path, released: Path | None, dtype: torch.dtype) -> None:
+    """One training step per set and image, ours against the release's own loop, both in
+    `dtype` (the default dtype while it runs: the release makes its tensors with it)."""
+    state = shared_weights(released)  # drawn in fp32 whatever the dtype
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        _training_steps(clone, state, dtype)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _training_steps(clone: Path, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     clone = clone.resolve()
     if not (clone / "train_few.py").is_file():
         raise SystemExit(f"{clone}: no train_few.py (a work tree of MediaBrain-SJTU/MVFA-AD)")
@@ -527,14 +553,13 @@ def check_training_steps(clone: Path, released: Path | None) -> None:
     import train_few
     from CLIP.clip import create_model as released_create_model
 
-    state = shared_weights(released)
     clip = released_create_model(
         model_name="ViT-L-14-336", img_size=IMAGE, pretrained=None, force_image_size=IMAGE
     )
     theirs = dict(state)
     released_model.resize_pos_embed(theirs, clip)
     clip.load_state_dict(theirs)
-    clip.eval()
+    clip.to(dtype).eval()
 
     import open_clip
 
@@ -542,16 +567,18 @@ def check_training_steps(clone: Path, released: Path | None) -> None:
     ours_state = dict(state)
     open_clip.model.resize_pos_embed(ours_state, backbone.clip)
     backbone.clip.load_state_dict(ours_state)
+    backbone.clip.to(dtype)
     compare(
         "steps: positional embedding resized to 17x17 (ours vs released resize_pos_embed)",
         backbone.clip.visual.positional_embedding,
         clip.visual.positional_embedding,
     )
-    del state, theirs, ours_state
+    state.clear()  # the caller's copy too: only the two models keep the weights
+    del theirs, ours_state
     torch.manual_seed(111)  # the release draws its adapters right after setup_seed(111)
     model = MVFA(backbone, MVFAConfig(memory_augment="none")).eval()
     init = {k: v.detach().clone() for k, v in model.adapter_state().items()}
-    images, labels, masks = step_inputs()
+    images, labels, masks = step_inputs(dtype)
     texts: dict = {}
     for obj, seg_set in SETS:
         kind = "segmentation set" if seg_set else "classification-only set"
@@ -559,8 +586,11 @@ def check_training_steps(clone: Path, released: Path | None) -> None:
             label = f"{obj} ({kind}) step, image {j} (label {int(labels[j])})"
             t = time.time()
             rel = released_step(
-                train_few, clip, obj, images[j : j + 1], labels[j], masks[j : j + 1], texts
-            )
+                train_few, clip, obj, images[j : j + 1], labels[j], masks[j : j + 1],
+                images[1:2], texts,
+            )  # fmt: skip
+            if not torch.equal(rel["image"], images[j : j + 1]):
+                raise RuntimeError(f"{label}: the release trained on another image first")
             ours = our_step(
                 model, init, obj, seg_set, images[j : j + 1], labels[j], masks[j : j + 1]
             )
@@ -603,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--released", type=Path, help="the reference tensors' folder")
     p.add_argument("--release", type=Path, help="a work tree of the released code")
+    p.add_argument(
+        "--steps-dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of both sides' training steps (--release)",
+    )
     args = p.parse_args(argv)
     if args.released is None and args.release is None and Path("/tmp/released").is_dir():
         args.released = Path("/tmp/released")
@@ -612,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.released is not None:
         check_reference(args.released)
     if args.release is not None:
-        check_training_steps(args.release, args.released)
+        check_training_steps(args.release, args.released, getattr(torch, args.steps_dtype))
 
     width = max(len(r[0]) for r in ROWS)
     print(f"{'quantity':<{width}}  {'max abs':>10}  {'rel':>10}  ok")
