@@ -62,7 +62,7 @@ Usage: ``python benchmarks/check_mvfa_equivalence.py [--released /tmp/released]
 [--release /tmp/mvfa-release]``. Prints one table of ``max|ours - released| / max|released|``
 per quantity (tolerance 1e-4) and exits with status 1 if any row exceeds it. CPU time, one
 thread: reference tensors a few minutes (ViT-L text and image encoders); training steps 13 min
-in float64, 6.5 min in fp32 (most of it the release's 420-sentence text ensembles).
+in float64, 3.7–6.5 min in fp32 (most of it the release's 420-sentence text ensembles).
 """
 
 from __future__ import annotations
