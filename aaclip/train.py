@@ -4,8 +4,8 @@ A run folder (see `aaclip.runs`) holds `config.json`, one safetensors checkpoint
 epoch, the optimiser state of the last finished epoch (`resume.pt`) and `train_log.jsonl`.
 Everything is written atomically (checkpoint, then resume state, then log), so a run killed
 at any point resumes from its last finished epoch with `train(..., resume=True)`. The loop
-never looks inside a method: stages, parameter groups, loss terms and post-step updates come
-from the `Method` contract.
+never looks inside a method: stages, parameter groups, loss terms, the groups a batch leaves
+out of the step and post-step updates come from the `Method` contract.
 """
 
 from __future__ import annotations
@@ -81,6 +81,14 @@ def to_device(batch: dict, device: torch.device, dtype: torch.dtype | None = Non
     return {k: move(v) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def drop_gradients(optimizer: torch.optim.Optimizer, groups: tuple[int, ...]) -> None:
+    """Set the gradients of the given parameter groups to None: the step leaves those
+    parameters and their optimiser state as they are (`Method.skipped_groups`)."""
+    for i in groups:
+        for p in optimizer.param_groups[i]["params"]:
+            p.grad = None
+
+
 def train_step(
     method: Method,
     stage: Stage,
@@ -89,9 +97,10 @@ def train_step(
     precision: str | None = None,
     replica: distributed.Replica | None = None,
 ) -> dict[str, float]:
-    """One step: loss terms -> sum -> finite check -> backward -> step -> scheduler ->
-    `method.after_step`. Returns the terms and their sum ("loss") as floats; raises
-    FloatingPointError before any update when the sum is not finite. The forward runs under
+    """One step: loss terms -> sum -> finite check -> backward -> the gradients of the groups
+    `method.skipped_groups` names dropped -> step -> scheduler -> `method.after_step`. Returns
+    the terms and their sum ("loss") as floats; raises FloatingPointError before any update
+    when the sum is not finite. The forward runs under
     the method's autocast (`precision` given: that precision's instead); with a GradScaler
     (fp16) the loss is scaled for backward and the step unscaled. Under torchrun
     (`replica`), the terms and the gradient are those of the global batch."""
@@ -107,10 +116,12 @@ def train_step(
     opt.optimizer.zero_grad(set_to_none=True)
     if opt.scaler is not None:
         opt.scaler.scale(loss).backward()
+        drop_gradients(opt.optimizer, method.skipped_groups(stage, batch))
         opt.scaler.step(opt.optimizer)
         opt.scaler.update()
     else:
         loss.backward()
+        drop_gradients(opt.optimizer, method.skipped_groups(stage, batch))
         opt.optimizer.step()
     if opt.scheduler is not None:
         opt.scheduler.step()

@@ -1,6 +1,7 @@
-"""MVFA-AD specifics: adapters and residual, text maps and det scores, det-only training on
-classification-only sets, the x11 recipe, one-class batches, the memory bank through the
-contract, score rules, released-checkpoint import and the medical protocol grid."""
+"""MVFA-AD specifics: adapters and residual, text maps and det scores, det-only steps on
+classification-only sets (seg adapters in the graph, left out of the step), the x11 recipe,
+one-class batches, the memory bank through the contract, score rules, released-checkpoint
+import and the medical protocol grid."""
 
 from __future__ import annotations
 
@@ -175,6 +176,88 @@ def test_classification_only_batch_updates_only_det_adapters(model, images):
     assert not torch.equal(
         before["seg_adapters.0.fc1.0.weight"], m.adapter_state()["seg_adapters.0.fc1.0.weight"]
     )
+
+
+def _hand_det_loss(m: MVFA, images, labels, anchors, detach_seg: bool = False):
+    """Hand-written det loss of the tiny model (every block a level), the seg adapters in the
+    graph through 0.1 y_seg in the residual stream (`detach_seg`: cut there)."""
+    x = m.clip.visual._embeds(images)
+    loss = images.new_zeros(())
+    for k, block in enumerate(m.clip.visual.transformer.resblocks):
+        x = block(x)
+        seg, det = m.seg_adapters[k], m.det_adapters[k]
+        ys = F.leaky_relu(F.leaky_relu(x @ seg.fc1[0].weight.T, 0.01) @ seg.fc2[0].weight.T, 0.01)
+        hd = F.leaky_relu(x @ det.fc1[0].weight.T, 0.01)
+        yd = F.leaky_relu(hd @ det.fc2[0].weight.T, 0.01)
+        x = 0.8 * x + 0.1 * (ys.detach() if detach_seg else ys) + 0.1 * yd
+        tok = hd[:, 1:] / hd[:, 1:].norm(dim=-1, keepdim=True)
+        s = (100 * tok @ anchors).softmax(dim=-1)[..., 1].mean(dim=-1)
+        loss = loss + F.binary_cross_entropy_with_logits(s, labels)
+    return loss
+
+
+def test_classification_only_step_back_propagates_through_seg_adapters_but_skips_them(
+    model, images
+):
+    """As released: the seg adapters stay in the det loss's graph (gradient flows through
+    0.1 y_seg into the earlier levels) but only the det adapters are stepped."""
+    m = MVFA(model.backbone, MVFAConfig())
+    m.load_adapter_state(model.adapter_state())
+    stage = m.stages()[0]
+    opt = tr.Optimiser.for_stage(m, stage)
+    batch = _batch(images, has_masks=False)
+    assert m.skipped_groups(stage, batch) == (0,)
+    assert m.skipped_groups(stage, _batch(images, has_masks=True)) == ()
+    named = dict(m.adapters.named_parameters())
+    before = {k: v.detach().clone() for k, v in named.items()}
+    seen: dict[str, torch.Tensor] = {}  # gradients as backward left them, before the step
+    hooks = [
+        p.register_post_accumulate_grad_hook(lambda p, k=k: seen.__setitem__(k, p.grad.clone()))
+        for k, p in named.items()
+    ]
+    m.train()
+    tr.train_step(m, stage, batch, opt)
+    for h in hooks:
+        h.remove()
+
+    # reference gradients: hand-written det loss, seg adapters left in the graph
+    ref = MVFA(model.backbone, MVFAConfig())
+    ref.load_adapter_state(model.adapter_state())
+    anchors = ref.class_anchors("Chest", None)
+    labels = batch["label"].float()
+    params = dict(ref.adapters.named_parameters())
+    keys = list(params)
+    full = torch.autograd.grad(
+        _hand_det_loss(ref, images, labels, anchors), list(params.values()), allow_unused=True
+    )
+    cut = torch.autograd.grad(
+        _hand_det_loss(ref, images, labels, anchors, detach_seg=True),
+        list(params.values()),
+        allow_unused=True,
+    )
+    last = f".{len(m.levels) - 1}."
+    for k, want, wrong in zip(keys, full, cut, strict=True):
+        if (k.startswith("seg_") and last in k) or k.endswith(f"{last}fc2.0.weight"):
+            # the last level's y (and so the last seg adapter) feeds nothing scored
+            assert want is None and k not in seen, k
+            continue
+        torch.testing.assert_close(seen[k], want, rtol=1e-4, atol=1e-7)
+        if k.startswith("seg_"):
+            assert seen[k].abs().sum() > 0, k  # gradient through the det loss
+            assert wrong is None, k
+    # the first level's det gradient needs the seg path (the old detached graph differs)
+    k = "det_adapters.0.fc1.0.weight"
+    assert not torch.allclose(full[keys.index(k)], cut[keys.index(k)], rtol=1e-3, atol=0)
+
+    # the step: seg adapters unchanged, no gradient kept, no Adam state; det adapters moved
+    state = opt.optimizer.state
+    for k, p in named.items():
+        if k.startswith("seg_"):
+            assert torch.equal(p.detach(), before[k]) and p.grad is None, k
+            assert p not in state, k
+        elif k in seen:
+            assert not torch.equal(p.detach(), before[k]), k
+            assert int(state[p]["step"]) == 1, k
 
 
 def test_det_bce_switch(model, images):

@@ -153,6 +153,14 @@ class Method(nn.Module):
         """Named loss terms of one batch (tensors on the device); the loop optimises the sum."""
         raise NotImplementedError(f"{self.name} has no training stage")
 
+    def skipped_groups(self, stage: Stage, batch: dict[str, Any]) -> tuple[int, ...]:
+        """Indices into `param_groups(stage)` that this batch must not update. Their
+        parameters stay in the loss's graph; after backward the loop sets their gradients to
+        None, so the optimiser neither moves them nor advances their state (Adam skips a
+        parameter without a gradient). MVFA: its seg adapters on a classification-only batch,
+        as the release steps only its det optimiser there. Default: none."""
+        return ()
+
     def after_step(self, stage: Stage) -> None:
         """Called after each optimiser step (DP-CLIP: momentum prototype update)."""
 

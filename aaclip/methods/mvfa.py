@@ -16,8 +16,13 @@ Scoring (min-max over the whole test set): few-shot segmentation sets: map = 0.5
 + 0.5 mm(sum up D_l(seg)), image = max of the map; few-shot classification-only sets: image =
 0.5 mm(sum s_l) + 0.5 mm(mean pixel of sum up D_l(det)); zero-shot: map = sum A_l, image =
 sum s_l. Training: det = sum_l BCEWithLogits(s_l, y) (a probability fed as a logit: switch
-`det_bce`), seg = sum_l Focal(P_l, M) + Dice(P_l[abn], M) on segmentation sets only; on a
-classification-only set (or source) only the det adapters are updated.
+`det_bce`), seg = sum_l Focal(P_l, M) + Dice(P_l[abn], M) on segmentation sets only. On a
+classification-only batch (set or source) the loss is det only and only the det adapters are
+updated, as released: the seg adapters stay in the graph (0.1 y_seg feeds the residual
+stream, so the det gradient of the earlier levels flows through them) and receive a gradient,
+but `skipped_groups` leaves them out of the step (the release steps only its det optimiser;
+its seg Adam state does not advance, and the seg gradients it accumulates there are cleared
+by the next segmentation step's `zero_grad` before any seg step).
 
 Module names mirror the released checkpoints (`seg_adapters.<i>.fc1.0.weight`, ...), so
 `ckpt/{few-shot,zero-shot}/<Obj>.pth` imports with `import_released`. For forks (ClipMPCAD):
@@ -223,7 +228,7 @@ class MVFA(Method):
         "bank_without_x11": ["model.memory_augment=none"],
         "quick_gelu": ["backbone.quick_gelu=true"],
     }
-    needs_masks = False  # classification-only sets train the det adapters only
+    needs_masks = False  # classification-only sets train too: det loss, det adapters stepped
     adapter_block: ClassVar[type[nn.Module]] = MVFAAdapter
 
     def __init__(self, backbone: Backbone, cfg: MVFAConfig | None = None) -> None:
@@ -318,15 +323,9 @@ class MVFA(Method):
         return self._anchors[name].to(self.device)
 
     # ---------------------------------------------------------------- image
-    def encode_image(
-        self, images: torch.Tensor, seg_grad: bool = True
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per level the seg and det bottleneck tokens (B, 1 + L, E), CLS first.
-
-        `seg_grad=False` keeps the seg adapters out of the graph (their contribution to the
-        residual stream is detached): a classification-only batch updates the det adapters
-        only, as the release steps only its det optimiser there.
-        """
+    def encode_image(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level the seg and det bottleneck tokens (B, 1 + L, E), CLS first. Both
+        kinds of adapter stay in the graph whatever the batch (see `skipped_groups`)."""
         visual = self.clip.visual
         x = bb.embed_patches(visual, images)
         seg, det = [], []
@@ -339,8 +338,6 @@ class MVFA(Method):
                 k = self.levels.index(i + 1)
                 h_seg, y_seg = self.seg_adapters[k](x)
                 h_det, y_det = self.det_adapters[k](x)
-                if not seg_grad:
-                    h_seg, y_seg = h_seg.detach(), y_seg.detach()
                 x = self.mix(x, y_seg, y_det)
                 seg.append(h_seg)
                 det.append(h_det)
@@ -450,15 +447,22 @@ class MVFA(Method):
         for name in classes:  # anchors once, from the frozen text encoder
             self.class_anchors(name, dataset)
 
+    def skipped_groups(self, stage: Stage, batch: dict) -> tuple[int, ...]:
+        """A batch without an image of a segmentation set leaves the seg group (0) out of
+        the step: its det loss still back-propagates through the seg adapters, but only the
+        det adapters are updated, as the release steps only its det optimiser there."""
+        return () if _any_masks(batch) else (0,)
+
     def loss(self, stage: Stage, batch: dict) -> dict[str, torch.Tensor]:
-        """det on every image; seg on the images of segmentation sets. A batch without any
-        keeps the seg adapters out of the graph (only the det adapters are updated)."""
+        """det on every image; seg on the images of segmentation sets. The seg adapters stay
+        in the graph on every batch (a batch without a segmentation image: `skipped_groups`
+        keeps them from being updated)."""
         cfg = self.cfg
         images, labels = batch["image"], batch["label"].to(batch["image"].dtype)
         seg_items = torch.as_tensor(batch["class_has_masks"], device=images.device).bool()
         names = batch["class_name"]
         per_image = torch.stack([self.class_anchors(n, None) for n in names])  # (B, E, 2)
-        seg, det = self.encode_image(images, seg_grad=bool(seg_items.any()))
+        seg, det = self.encode_image(images)
         det_loss = images.new_zeros(())
         for tokens in det:
             s = full_precision(detection_score(tokens, per_image, cfg.logit_scale))
@@ -503,6 +507,11 @@ class MVFA(Method):
             raise CheckpointMismatchError(
                 f"{err} (released MVFA-AD files fit ViT-L-14-336, levels 6, 12, 18, 24)"
             ) from None
+
+
+def _any_masks(batch: dict) -> bool:
+    """Whether a training batch holds an image of a segmentation set."""
+    return bool(torch.as_tensor(batch["class_has_masks"]).bool().any())
 
 
 def _is_aaclip_file(blob: object) -> bool:

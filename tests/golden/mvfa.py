@@ -83,9 +83,8 @@ def compute() -> dict[str, float]:
         sum(terms.values()).backward()
         det_grad = model.det_adapters[1].fc1[0].weight.grad
         out[f"grad.{obj}.det1_fc1.abs_sum"] = det_grad.abs().sum().item()
-        if masked:
-            seg_grad = model.seg_adapters[0].fc2[0].weight.grad
-            out[f"grad.{obj}.seg0_fc2.abs_sum"] = seg_grad.abs().sum().item()
-        else:
-            assert all(p.grad is None for p in model.seg_adapters.parameters())
+        # Chest (classification-only): the det loss alone, back-propagated through the seg
+        # adapters too (the release's graph; they are left out of the step, not of it)
+        seg_grad = model.seg_adapters[0].fc2[0].weight.grad
+        out[f"grad.{obj}.seg0_fc2.abs_sum"] = seg_grad.abs().sum().item()
     return out
