@@ -237,9 +237,10 @@ class Detector:
         *,
         device: str | torch.device | None = None,
         weights: str | None = None,
-        calibration: bool = True,
+        calibration: bool | str | Path = True,
     ) -> Detector:
-        """Load a checkpoint (any method) and, with `calibration`, its stored calibration."""
+        """Load a checkpoint (any method) and, with `calibration`, its stored calibration:
+        True, the one beside it; a path, that file (`aaclip calibrate --out`)."""
         from aaclip.evaluate import load_methods
 
         meta = ck.read_meta(checkpoint)  # one line when the file is not a checkpoint
@@ -251,7 +252,8 @@ class Detector:
         if weights is not None:
             cfg.backbone.weights = weights
         method = next(iter(load_methods(cfg, [checkpoint], pick_device(device)).values()))
-        calibrations = load_calibration(checkpoint) if calibration else None
+        path = None if isinstance(calibration, bool) else calibration
+        calibrations = load_calibration(checkpoint, path) if calibration else None
         return cls(method, checkpoint, calibrations)
 
     @property
@@ -437,15 +439,19 @@ def predict_files(
     class_name: str | None = None,
     report: Callable[[str], None] | None = None,
     overlays: bool = True,
+    calibration: str | Path | None = None,
 ) -> Path:
-    """Score images one by one; write `scores.csv`, `overlays/*.png` and, when calibrated,
+    """Score images one by one; write `scores.csv`, `overlays/*.png` and, when calibrated
+    (beside the checkpoint, or the file `calibration`),
     `masks/*.png` (binary, at each image's own size); return the CSV.
 
     Inputs are image files, folders and records files (`.jsonl`: each image is scored as its
     record's class, and the overlay shows the ground-truth mask). An image's row is the same
     whatever other images share the call.
     """
-    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights)
+    det = Detector.from_checkpoint(
+        checkpoint, device=device, weights=weights, calibration=calibration or True
+    )
     return write_predictions(
         det,
         inputs,

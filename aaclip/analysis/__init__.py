@@ -27,9 +27,9 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from aaclip.analysis import ablations, alignment, methods, notebook, plots, protocol  # noqa: E402
 from aaclip.analysis.ablations import (  # noqa: E402
-    ABLATION_EPOCHS,
     COMPONENT_PERCENT,
     COMPONENTS,
+    QUICK_VARIANT_EPOCHS,
     VariantResult,
     VariantRunner,
     ablation_config,
@@ -115,7 +115,7 @@ from aaclip.analysis.protocol import (  # noqa: E402
 from aaclip.evaluate import eval_sets  # noqa: E402
 
 __all__ = [
-    "ABLATION_EPOCHS", "COMPONENT_PERCENT", "COMPONENTS", "METRICS_SHOWN", "QUICK_BANNER",
+    "QUICK_VARIANT_EPOCHS", "COMPONENT_PERCENT", "COMPONENTS", "METRICS_SHOWN", "QUICK_BANNER",
     "QUICK_OVERRIDES",
     "SMOKE_BANNER", "TEMPERATURES", "MissingInputsError", "Notebook", "VariantResult",
     "VariantRunner", "ablation_config", "ablation_table", "ablation_variants", "ablations",

@@ -21,21 +21,20 @@ from aaclip.config import ExperimentConfig, apply_overrides, switch_method
 
 T = TypeVar("T")
 
-# Variant runs under smoke train fewer epochs than the main run (quick mode: 1 per stage).
-ABLATION_EPOCHS = {
-    "aaclip": ("model.stage1_epochs=1", "model.stage2_epochs=4"),
-    "other": ("train.max_epochs=4",),
-    "quick": ("train.max_epochs=1",),
-}
+# Variant runs under smoke train fewer epochs than the main run (the method's
+# `SMOKE_VARIANT_EPOCHS`); quick mode: 1 per stage.
+QUICK_VARIANT_EPOCHS = ("train.max_epochs=1",)
 
 
 def ablation_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentConfig:
     """The default the variants are compared against: the profile's config, with fewer
     epochs under smoke (and 1 per stage in quick mode); the paper profile keeps its own."""
+    from aaclip.methods import method_class
+
     if quick:
-        return apply_overrides(cfg, list(ABLATION_EPOCHS["quick"]))
+        return apply_overrides(cfg, list(QUICK_VARIANT_EPOCHS))
     if cfg.profile == "smoke":
-        return apply_overrides(cfg, list(ABLATION_EPOCHS.get(cfg.method, ABLATION_EPOCHS["other"])))
+        return apply_overrides(cfg, list(method_class(cfg.method).SMOKE_VARIANT_EPOCHS))
     return cfg
 
 
