@@ -282,6 +282,28 @@ def export_detector(
     return out / MANIFEST
 
 
+def portable_config(cfg) -> dict:
+    """The config as an export keeps it: no path of the build machine. The backbone file is
+    named by the identity (name and sha256); a `--backbone reference` export takes it from
+    `--weights` or $AACLIP_WEIGHTS where it runs. The records files are not needed to score
+    (the dataset names stay)."""
+    d = cfg.to_dict()
+    d["backbone"]["weights"] = None
+    d["data"].update(train_records="", test_records=[], memory_records=[])
+    return d
+
+
+def without_absolute_paths(x):
+    """`x` (JSON-like) with every absolute path reduced to its file name."""
+    if isinstance(x, dict):
+        return {k: without_absolute_paths(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [without_absolute_paths(v) for v in x]
+    if isinstance(x, str) and os.path.isabs(x):
+        return Path(x).name
+    return x
+
+
 def _write(
     detector: ExportedDetector,
     cfg,
@@ -305,10 +327,12 @@ def _write(
     if calibration is not None:
         classes = calibration.get("classes", {})
         if detector.class_name in classes:
-            cal_entry = {
-                **{k: v for k, v in calibration.items() if k != "classes"},
-                "classes": {detector.class_name: classes[detector.class_name]},
-            }
+            cal_entry = without_absolute_paths(
+                {
+                    **{k: v for k, v in calibration.items() if k != "classes"},
+                    "classes": {detector.class_name: classes[detector.class_name]},
+                }
+            )
             (out / CALIBRATION).write_text(json.dumps(cal_entry, indent=2, sort_keys=True))
         else:
             report(
@@ -335,7 +359,7 @@ def _write(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "method": method.name,
-        "config": cfg.to_dict(),
+        "config": portable_config(cfg),
         "class_name": detector.class_name,
         "dataset": detector.dataset,
         "description": description,

@@ -54,6 +54,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
+# The one list of image suffixes: folders and named files in `predict`/`calibrate`, the
+# dataset converters (data_prep); every one of them Pillow reads.
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
 class OutputFolderError(ValueError):
     """An output folder that cannot be written; the message is one line naming it."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,13 +35,14 @@ from aaclip import checkpoints as ck
 from aaclip import data
 from aaclip.calibration import Calibration, load_calibration
 from aaclip.config import ExperimentConfig
-from aaclip.fileio import atomic_write, atomic_write_text
+from aaclip.fileio import IMAGE_SUFFIXES, atomic_write, atomic_write_text
 from aaclip.methods import ClassContext, InputSpec, Method, Prediction
 from aaclip.runtime import pick_device
 from aaclip.transforms import image_to_tensor
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 RECORDS_SUFFIX = ".jsonl"
+# `predict` marks every folder it writes; such a folder is never read back as input.
+OUTPUT_MARKER = ".aaclip-predictions"
 DOMAINS = ("industrial", "medical")
 
 __all__ = [
@@ -54,6 +56,32 @@ __all__ = [
 ]
 
 
+def is_output_folder(folder: Path) -> bool:
+    """A folder `predict` wrote: its marker, or (older versions) scores.csv beside
+    overlays/ or masks/."""
+    return (folder / OUTPUT_MARKER).is_file() or (
+        (folder / "scores.csv").is_file()
+        and ((folder / "overlays").is_dir() or (folder / "masks").is_dir())
+    )
+
+
+def _files_under(folder: Path, skipped: list[Path], current) -> list[Path]:
+    """Every file under `folder`, sorted, leaving out the output folders of earlier
+    `predict` runs (listed in `skipped`; `current(path)`: the output folder of this run,
+    counted by the caller)."""
+    out: list[Path] = []
+    for here, dirs, files in os.walk(folder):
+        kept = []
+        for d in sorted(dirs):
+            if is_output_folder(Path(here) / d) and not current(Path(here) / d):
+                skipped.append(Path(here) / d)
+            else:
+                kept.append(d)
+        dirs[:] = kept
+        out.extend(Path(here) / f for f in files)
+    return sorted(out)
+
+
 def collect_images(
     inputs: list[str | Path],
     *,
@@ -62,9 +90,11 @@ def collect_images(
 ) -> list[Path]:
     """Image files from a mix of files and folders (folders searched recursively, sorted).
 
-    Nothing under an `exclude` folder (the output folder) is ever read back as input. In
-    folders, files that are not images (other suffixes, hidden files) are skipped with one
-    count. Every image is checked (`data.unreadable_images`); a corrupt one is reported and
+    Nothing under an `exclude` folder (the output folder) or under any folder an earlier
+    `predict` wrote (`is_output_folder`) is ever read back as input. Files and folders
+    alike take the suffixes of `fileio.IMAGE_SUFFIXES`: in folders, other files (other
+    suffixes, hidden files) are skipped with one count; a named one is skipped with a
+    note. Every image is checked (`data.unreadable_images`); a corrupt one is reported and
     skipped, so the good images are still scored. `report` gets each one-line note
     (default: printed to stderr).
     """
@@ -78,13 +108,16 @@ def collect_images(
     found: list[Path] = []
     others: dict[str, int] = {}
     ignored = 0
+    earlier: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            for p in sorted(item.rglob("*")):
+        if item.is_dir() and is_output_folder(item) and not excluded(item):
+            earlier.append(item)
+        elif item.is_dir():
+            for p in _files_under(item, earlier, excluded):
                 if not p.is_file():
                     continue
                 if excluded(p):
-                    ignored += 1
+                    ignored += p.name != OUTPUT_MARKER
                 elif p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
                     found.append(p)
                 else:
@@ -93,6 +126,10 @@ def collect_images(
         elif item.is_file():
             if excluded(item):
                 ignored += 1
+            elif item.suffix.lower() not in IMAGE_SUFFIXES:
+                report(
+                    f"skipped {item}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             else:
                 found.append(item)
         else:
@@ -100,6 +137,8 @@ def collect_images(
     found = list(dict.fromkeys(found))
     if ignored:
         report(f"skipped {ignored} file{'s' * (ignored > 1)} in the output folder {skip[0]}")
+    for folder in dict.fromkeys(earlier):
+        report(f"skipped {folder}: an output folder of `aaclip predict`, never read as input")
     if others:
         n = sum(others.values())
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(others.items()))
@@ -483,6 +522,7 @@ def write_predictions(
     out_dir = Path(out_dir)
     items = _inputs(inputs, out_dir, report)
     _remove_previous(out_dir)
+    atomic_write_text(out_dir / OUTPUT_MARKER, "written by `aaclip predict`; never read as input\n")
     targets: dict[str | None, Target] = {}
     for cls in dict.fromkeys(i.class_name for i in items):
         own = cls is not None and class_name is None and description is None
