@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="thresholds at a false-positive rate from normal images, stored with the checkpoint",
         description="Score normal images with the checkpoint's raw outputs and store, per "
         "class, an image and a pixel threshold at --fpr and the normalisation (threshold "
-        "-> 0.5) in <checkpoint>.calibration.json. Anomalous images only add the TPR.",
+        "-> 0.5) in <checkpoint>.calibration.json (or --out FILE). Anomalous images only add "
+        "the TPR.",
     )
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument(
@@ -480,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="scores, labels, masks and overlays for your own images",
         description="Score each image alone. With a calibration beside the checkpoint "
-        "(`aaclip calibrate`): raw score, normalised score (threshold 0.5), label and mask; "
-        "without: raw scores only.",
+        "(`aaclip calibrate`) or given with --calibration: raw score, normalised score "
+        "(threshold 0.5), label and mask; without: raw scores only. Output folders of "
+        "earlier runs are never read as input.",
     )
     source = sp.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint")
