@@ -625,16 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get("AACLIP_DEBUG"):  # developers: the full traceback
             raise
-        if not quiet:
-            print(f"aaclip: error: {err}", file=sys.stderr)
-        return 2
+        return _refuse(f"aaclip: error: {err}", quiet)
     except OSError as err:  # an unwritable output, a full disk: one line naming the path
         line = write_error(err)
         if line is None or os.environ.get("AACLIP_DEBUG"):
             raise
-        if not quiet:
-            print(f"aaclip: error: {line}", file=sys.stderr)
-        return 2
+        return _refuse(f"aaclip: error: {line}", quiet)
     except KeyboardInterrupt:
         if not quiet:
             print("aaclip: interrupted", file=sys.stderr)
@@ -642,6 +638,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+
+
+def _refuse(line: str, quiet: bool) -> int:
+    """Print the one error line (rank 0 only under torchrun) and return status 2.
+
+    Under torchrun the line also goes to the worker's error file, so the agent's failure
+    report (torchrun prints one for any worker that exits non-zero) names it as the root
+    cause instead of "To enable traceback see ..."; the other ranks wait a moment, so that
+    rank 0 has printed the line before the agent stops the workers.
+    """
+    import time
+
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        stamp = str(int(time.time()))
+        info = {"py_callstack": line, "timestamp": stamp}
+        data = {"message": {"message": line, "extraInfo": info}}
+        with contextlib.suppress(OSError):
+            Path(error_file).write_text(json.dumps(data))
+    if quiet:
+        time.sleep(1.0)
+    else:
+        print(line, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

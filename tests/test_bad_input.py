@@ -344,3 +344,39 @@ def test_the_notebooks_default_to_the_automatic_results_folder():
         values: dict = {}
         exec(params, {}, values)
         assert values["results_dir"] is None, path.name
+
+
+# --------------------------------------------------------------------------- torchrun
+def test_under_torchrun_the_error_line_is_the_root_cause(monkeypatch, tmp_path, capsys):
+    """torchrun prints its own failure report for any worker that exits non-zero (its agent,
+    not ours); the one line goes to the worker's error file so that report names it."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("RANK", "0")
+    assert main(["test", "--run", str(tmp_path / "nothere")]) == 2
+    line = one_error_line(capsys)
+    doc = json.loads(error_file.read_text())
+    assert doc["message"]["message"] == line
+    assert doc["message"]["extraInfo"]["py_callstack"] == line
+
+
+@pytest.mark.slow
+def test_torchrun_refusal_is_our_line_first_and_the_root_cause(synthetic_root, tmp_path):
+    """Two CPU ranks, DP-CLIP (updates state after each step): refused in one line, printed
+    once, first, and named as the root cause of torchrun's report."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed beside this python")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthetic").symlink_to(synthetic_root, target_is_directory=True)
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "aaclip", "--", "train", "--method",
+         "dpclip", "--profile", "smoke", "--run", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    err = done.stderr.splitlines()
+    ours = [line for line in err if line.startswith("aaclip: error:")]
+    assert len(ours) == 1 and err[0] == ours[0] and "train it in one process" in ours[0]
+    assert f"traceback : {ours[0]}" in done.stderr
