@@ -241,6 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         onnx=args.onnx,
         weights=args.weights,
+        calibration=args.calibration,
     )
     print(f"wrote {manifest.parent} (use it with `aaclip predict --model {manifest.parent}`)")
     return 0
@@ -520,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed the CLIP weights (default) or keep only their content hash",
     )
     sp.add_argument("--onnx", action="store_true", help="also write model.onnx (onnxruntime)")
+    sp.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="a calibration written with `calibrate --out` (default: the one beside it)",
+    )
     sp.add_argument("--weights", help="local CLIP weights file (else $AACLIP_WEIGHTS)")
 
     sp = sub.add_parser(

@@ -200,15 +200,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
-    """The calibration stored beside a checkpoint (`<checkpoint>.calibration.json`), as the
-    JSON dict (its `classes` readable by `calibration.calibrations_from_dict`), or None."""
+def checkpoint_calibration(checkpoint: str | Path, file: str | Path | None = None) -> dict | None:
+    """The calibration stored beside a checkpoint (`<checkpoint>.calibration.json`), or in
+    `file` (`aaclip calibrate --out`), as the JSON dict (its `classes` readable by
+    `calibration.calibrations_from_dict`), or None."""
     from aaclip import calibration
 
     loader = getattr(calibration, "load_calibration", None)
-    path = Path(f"{checkpoint}.calibration.json")
+    path = Path(file) if file is not None else Path(f"{checkpoint}.calibration.json")
     if loader is not None:
-        cals = loader(checkpoint)
+        cals = loader(checkpoint, file) if file is not None else loader(checkpoint)
         if not cals:
             return None
         extra = json.loads(path.read_text()) if path.is_file() else {}
@@ -408,8 +409,11 @@ def export_checkpoint(
     weights: str | None = None,
     dataset: str | None = None,
     report: Callable[[str], None] | None = None,
+    calibration: str | Path | None = None,
 ) -> Path:
-    """`aaclip export`: a checkpoint and a class -> an export folder; the manifest's path."""
+    """`aaclip export`: a checkpoint and a class -> an export folder; the manifest's path.
+    `calibration`: a calibration file (`aaclip calibrate --out`) instead of the one beside
+    the checkpoint."""
     from aaclip import checkpoints as ck
     from aaclip.config import ExperimentConfig
     from aaclip.evaluate import load_methods
@@ -429,7 +433,7 @@ def export_checkpoint(
         description=description,
         backbone=backbone,
         onnx=onnx,
-        calibration=checkpoint_calibration(checkpoint),
+        calibration=checkpoint_calibration(checkpoint, calibration),
         checkpoint=checkpoint,
         report=report,
     )

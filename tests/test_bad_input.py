@@ -195,6 +195,11 @@ def test_calibrate_out_lets_a_read_only_checkpoint_be_calibrated(checkpoint, tmp
     assert row["label"] in ("normal", "anomalous") and row["score"]
     det = Detector.from_checkpoint(checkpoint, device="cpu", calibration=cal)
     assert set(det.calibrations) == {"grass"}
+    exported = tmp_path / "exported"
+    argv_export = ["export", "--checkpoint", str(checkpoint), "--class-name", "grass",
+                   "--calibration", str(cal), "--out", str(exported)]  # fmt: skip
+    assert main(argv_export) == 0
+    assert json.loads((exported / "manifest.json").read_text())["calibration"]
     argv[argv.index(str(cal))] = str(tmp_path / "missing.json")
     assert main(argv) == 2
     assert "no such calibration file" in one_error_line(capsys)
