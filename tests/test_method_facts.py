@@ -41,9 +41,12 @@ def _names_in(node: ast.AST, names: set[str]) -> list[str]:
     return []
 
 
-def name_branches(source: str, names: set[str]) -> list[tuple[int, str]]:
+def name_branches(
+    source: str, names: set[str], compare_only: bool = False
+) -> list[tuple[int, str]]:
     """(line, text) of every comparison with a method name (`== "mvfa"`, `in ("dpclip",
-    ...)`), dict key, subscript or `.get()` by a method name in `source`."""
+    ...)`), and unless `compare_only` every dict key, subscript or `.get()` by a method name
+    in `source`."""
     lines = source.splitlines()
     found = []
     for node in ast.walk(ast.parse(source)):
@@ -51,6 +54,8 @@ def name_branches(source: str, names: set[str]) -> list[tuple[int, str]]:
         if isinstance(node, ast.Compare):
             for operand in (node.left, *node.comparators):
                 hits += _names_in(operand, names)
+        elif compare_only:
+            pass
         elif isinstance(node, ast.Dict):
             for key in node.keys:
                 if key is not None:
@@ -160,3 +165,35 @@ def test_protocol_with_a_mask_trained_method_is_one_line(synthetic_root, tmp_pat
     assert len(err.splitlines()) == 1
     assert "AA-CLIP trains on anomaly masks" in err and "mvfa" in err
     assert not (tmp_path / "r" / "Brain_0shot").exists()
+
+
+def test_no_notebook_branches_on_a_method_name():
+    """The notebooks ask the method (`analysis.run_prefix`, `analysis.has_components`) instead
+    of comparing the chosen method with a name (01–03 show AA-CLIP and CLIP by name: no
+    choice is branched on there)."""
+    import json
+
+    names = set(list_methods())
+    offenders = []
+    for path in sorted((PACKAGE.parent / "notebooks").glob("0*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        for k, cell in enumerate(cells):
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code" or cell.get("metadata", {}).get("tags"):
+                continue  # the parameters cell holds the default method
+            lines = [line for line in source.splitlines() if not line.startswith(("%", "!"))]
+            for line, text in name_branches("\n".join(lines), names, compare_only=True):
+                offenders.append(f"{path.name} cell {k} line {line}: {text}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_component_ablation_is_the_methods():
+    from aaclip.analysis import ablations
+    from aaclip.config import preset
+
+    for name, cls in METHODS.items():
+        assert ablations.has_components(name) == bool(cls.COMPONENT_ABLATION)
+        if cls.COMPONENT_ABLATION:
+            rows = [row for row, *_ in ablations.component_jobs(preset("smoke", name))]
+            assert rows == list(cls.COMPONENT_ABLATION)
+    assert ablations.run_prefix("dpclip") == "dpclip-"

@@ -90,6 +90,14 @@ class AAClip(Method):
     )
     RELEASED_FILES = {"text": "text_adapter.pth, stage 1", "image": "image_adapter_N.pth, stage 2"}
     SMOKE_VARIANT_EPOCHS = ("model.stage1_epochs=1", "model.stage2_epochs=4")
+    COMPONENT_ABLATION = {  # paper Table 3, cumulative
+        "CLIP": None,  # frozen CLIP, no training
+        "+ linear projector": ["model.image_adapter=none", "model.stage1_epochs=0"],
+        "+ vanilla adapter": ["model.image_adapter=vanilla", "model.stage1_epochs=0"],
+        "+ residual image adapter": ["model.stage1_epochs=0"],
+        "+ text adapter": ["model.text_norm_weight=0"],
+        "+ disentangle loss": [],  # the full model
+    }
 
     @classmethod
     def ablations(cls, cfg: AAClipConfig) -> dict[str, list[str]]:

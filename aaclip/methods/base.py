@@ -110,6 +110,9 @@ class Method(nn.Module):
     # Overrides of the variant runs of notebooks 04–05 under `smoke` (fewer epochs than the
     # main run); quick mode caps every stage at 1 epoch instead.
     SMOKE_VARIANT_EPOCHS: ClassVar[tuple[str, ...]] = ("train.max_epochs=4",)
+    # The paper's component ablation (AA-CLIP: Table 3), cumulative rows of overrides; None:
+    # the frozen CLIP baseline row. {}: the method has none (notebook 05 skips it).
+    COMPONENT_ABLATION: ClassVar[dict[str, list[str] | None]] = {}
 
     adapters: nn.ModuleDict
 
