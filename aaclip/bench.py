@@ -1,7 +1,8 @@
 """`aaclip bench`: throughput, latency and peak memory of inference and training steps.
 
 Random weights run at the same speed as real ones, so no weights file is needed. Each call
-appends one row per measurement to `results/bench/bench.csv` with the device named.
+appends one row per measurement to `<out>/bench.csv` with the device named (default
+`results/_scratch/bench/`, untracked; `--out results/bench` appends to the tracked table).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from aaclip.config import BackboneConfig, ExperimentConfig
 from aaclip.methods import create_method, method_class
+from aaclip.results import SCRATCH
 from aaclip.runtime import device_name, pick_device
 from aaclip.train import Optimiser, train_step
 
@@ -188,7 +190,7 @@ def run_bench(
     device: str | None = None,
     precision: str = "bf16",
     steps: int = 5,
-    out_dir: str | Path = "results/bench",
+    out_dir: str | Path = SCRATCH / "bench",
     metrics: bool = True,
     weights: str | None = None,
     metrics_n: int = 1725,

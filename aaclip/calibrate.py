@@ -114,10 +114,12 @@ def calibrate_checkpoint(
     device: str | None = None,
     weights: str | None = None,
     report: Callable[[str], None] = _note,
+    out: str | Path | None = None,
 ) -> CalibrationRun:
     """Score the normal (and anomalous) images with `checkpoint`, calibrate each class and
-    store the calibrations beside the checkpoint. Classes calibrated earlier for the same
-    checkpoint are kept unless calibrated again (one class at a time works)."""
+    store the calibrations beside the checkpoint, or in `out` (a file; `predict
+    --calibration` reads it). Classes calibrated earlier for the same checkpoint into the
+    same file are kept unless calibrated again (one class at a time works)."""
     t0 = time.perf_counter()
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"--fpr must be in (0, 1), got {fpr}")
@@ -186,14 +188,14 @@ def calibrate_checkpoint(
                 "anomalous_source": str(anomalous) if anomalous is not None else None,
             },
         )
-    stored = _earlier(checkpoint, report)
+    stored = _earlier(checkpoint, report, out)
     kept = [k for k in stored if k not in calibrations]
     if kept:
         report(
             f"kept the earlier calibration of class{'es' * (len(kept) > 1)} {', '.join(kept)} "
-            f"(remove {calibration_path(checkpoint)} to start over)"
+            f"(remove {out or calibration_path(checkpoint)} to start over)"
         )
-    path = save_calibration(checkpoint, {**stored, **calibrations}, fpr)
+    path = save_calibration(checkpoint, {**stored, **calibrations}, fpr, out)
     modes = sorted({t.mode for t in targets.values()})
     return CalibrationRun(
         path,
@@ -207,11 +209,15 @@ def calibrate_checkpoint(
     )
 
 
-def _earlier(checkpoint: str | Path, report: Callable[[str], None]) -> dict[str, Calibration]:
+def _earlier(
+    checkpoint: str | Path, report: Callable[[str], None], out: str | Path | None = None
+) -> dict[str, Calibration]:
     """The classes already calibrated for this checkpoint (kept unless calibrated again); a
     file of another checkpoint is replaced, with a note."""
     try:
-        return load_calibration(checkpoint) or {}
+        if out is not None and not Path(out).is_file():
+            return {}
+        return load_calibration(checkpoint, out) or {}
     except CalibrationMismatchError as err:
         report(f"replacing {str(err).split(';')[0]}")
         return {}

@@ -280,9 +280,13 @@ def _checkpoint_sha256(checkpoint: Path) -> str:
 
 
 def save_calibration(
-    checkpoint: str | os.PathLike, calibrations: Mapping[str, Calibration], fpr: float
+    checkpoint: str | os.PathLike,
+    calibrations: Mapping[str, Calibration],
+    fpr: float,
+    path: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the calibrations of `checkpoint` beside it (atomically); returns the file.
+    """Write the calibrations of `checkpoint` beside it, or to `path` (a read-only
+    checkpoint's folder), atomically; returns the file.
 
     The file holds `version`, `classes` (as `calibrations_to_dict`), `checkpoint` (its file
     name), `checkpoint_sha256` (of its bytes), `fpr`, `created` (ISO 8601, UTC) and
@@ -304,19 +308,24 @@ def save_calibration(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "aaclip_version": __version__,
     }
-    path = calibration_path(checkpoint)
+    path = Path(path) if path is not None else calibration_path(checkpoint)
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
     return path
 
 
-def load_calibration(checkpoint: str | os.PathLike) -> dict[str, Calibration] | None:
-    """The calibrations stored beside `checkpoint`, by class; None when there are none.
+def load_calibration(
+    checkpoint: str | os.PathLike, path: str | os.PathLike | None = None
+) -> dict[str, Calibration] | None:
+    """The calibrations stored beside `checkpoint` (or in `path`, which must exist), by
+    class; None when there are none.
 
     Refuses (CalibrationMismatchError, one line) a file written for another checkpoint
     (different SHA-256 of the checkpoint's bytes) or one that cannot be read.
     """
     checkpoint = Path(checkpoint)
-    path = calibration_path(checkpoint)
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such calibration file")
+    path = Path(path) if path is not None else calibration_path(checkpoint)
     if not path.is_file():
         return None
     try:

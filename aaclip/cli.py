@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aaclip import runtime
 from aaclip.config import ExperimentConfig, apply_overrides, preset
+from aaclip.fileio import check_writable, write_error
+from aaclip.results import SCRATCH
 
 CONVERTERS = ("synthetic", "mvtec", "mpdd", "visa", "btad", "bmad", "colon", "mvfa")
 
@@ -105,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from aaclip.train import train
 
     cfg = _config(args)
+    check_writable(args.run, "run folder")
     try:
         result = train(cfg, args.run, device=args.device, fresh=args.fresh or args.no_resume)
     except KeyboardInterrupt:
@@ -114,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = torch.load(path, weights_only=True) if path.is_file() else None
         where = f"stage {state['stage']} after epoch {state['epoch']}" if state else "the start"
         print(f"aaclip: interrupted; the same command resumes from {where}", file=sys.stderr)
-        return 2
+        return INTERRUPTED
     print(f"trained: {len(result.checkpoints)} new checkpoints in {result.run_dir}/checkpoints")
     return 0
 
@@ -136,6 +139,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     else:
         cfg = _config(args)
     trains = bool(runs.last_stage(cfg)[0])
+    if trains and not args.checkpoint and not run.is_dir():
+        raise FileNotFoundError(f"--run {run}: no such run folder (train it with `aaclip train`)")
+    check_writable(run / "eval", "evaluation folder")
     if args.checkpoint:
         ckpts = [Path(c) for c in args.checkpoint]
     elif not trains:
@@ -171,13 +177,14 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
+    check_writable(args.out, "--out")
     if args.model:  # an export: its class text, domain and calibration are fixed
         from aaclip.deploy import predict_model
 
-        if args.description or args.domain or args.class_name:
+        if args.description or args.domain or args.class_name or args.calibration:
             raise ValueError(
-                f"{args.model}: an export's class, description and domain are fixed; "
-                "drop --class-name/--description/--domain (or export again)"
+                f"{args.model}: an export's class, description, domain and calibration are "
+                "fixed; drop --class-name/--description/--domain/--calibration (or export again)"
             )
         csv_path = predict_model(
             args.model,
@@ -203,6 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             device=args.device,
             class_name=args.class_name,
             overlays=not args.no_overlays,
+            calibration=args.calibration,
         )
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -224,6 +232,7 @@ PREDICT_ROWS = 20  # rows printed; every row is in scores.csv
 def cmd_export(args: argparse.Namespace) -> int:
     from aaclip.export import export_checkpoint
 
+    check_writable(args.out, "--out")
     manifest = export_checkpoint(
         args.checkpoint,
         args.class_name,
@@ -233,6 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         onnx=args.onnx,
         weights=args.weights,
+        calibration=args.calibration,
     )
     mode = json.loads(manifest.read_text()).get("mode", "zero-shot")
     folder = manifest.parent
@@ -259,7 +269,11 @@ def _predict_table(rows: list[dict], shown: int) -> str:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from aaclip.calibrate import calibrate_checkpoint, summary_lines
+    from aaclip.calibration import calibration_path
 
+    out = Path(args.out) if args.out else calibration_path(args.checkpoint)
+    where = "--out folder" if args.out else "the checkpoint's folder (or give --out FILE)"
+    check_writable(out.parent, where)
     run = calibrate_checkpoint(
         args.checkpoint,
         args.normal,
@@ -270,6 +284,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         domain=args.domain,
         device=args.device,
         weights=args.weights,
+        out=args.out,
     )
     print("\n".join(summary_lines(run)))
     return 0
@@ -277,26 +292,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from aaclip import checkpoints as ck
-    from aaclip.methods import aaclip, create_method, dpclip
+    from aaclip.methods import create_method
 
     cfg = _config(args)
+    check_writable(Path(args.out).parent, "--out")
     model = create_method(cfg, "cpu")
-    if cfg.method == "dpclip":
-        if args.text or not args.image:
-            raise ValueError("DP-CLIP has no text stage: pass its image_adapter_N.pth as --image")
-        dpclip.load_released(model, args.image)
-        stage, files = len(model.stages()), [args.image]
-    elif cfg.method == "aaclip":
-        dpclip.refuse_for_aaclip(args.image)
-        aaclip.load_released(model, args.text, args.image)
-        stage, files = (2 if args.image else 1), [args.text, args.image]
-    elif hasattr(model, "import_released"):  # one released file (MVFA-AD: <Obj>.pth)
-        if not args.released:
-            raise ValueError(f"import-released --method {cfg.method}: give --released FILE")
-        model.import_released(args.released)
-        stage, files = len(model.stages()), [args.released]
-    else:
-        raise ValueError(f"import-released: --method {cfg.method} has no importer")
+    # The method says which files it takes (`RELEASED_FILES`) and reads them.
+    stage, files = model.load_released(
+        {"text": args.text, "image": args.image, "released": args.released}
+    )
     meta = {
         "method": model.name,
         "stage": stage,
@@ -311,15 +315,19 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from aaclip.medical import run_grid
+    from aaclip.medical import default_folders, run_grid
     from aaclip.results import to_markdown
 
+    method = args.method or PROTOCOL_METHOD
+    out, runs = default_folders(method, args.profile, args.out, args.runs)
+    check_writable(out, "--out")
+    check_writable(runs, "--runs")
     result = run_grid(
-        args.method or "mvfa",
+        method,
         shots=args.shots,
         profile=args.profile,
-        out_dir=args.out,
-        runs_dir=args.runs,
+        out_dir=out,
+        runs_dir=runs,
         data_root=args.data,
         sets=args.sets,
         pixel_sets=args.pixel_sets,
@@ -332,9 +340,13 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     return 0
 
 
+PROTOCOL_METHOD = "mvfa"  # `aaclip protocol mvfa`: the protocol's own method by default
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from aaclip.bench import bench_table, run_bench
 
+    check_writable(args.out, "--out")
     row = run_bench(
         method=args.method or "aaclip",
         backbone=args.backbone,
@@ -358,6 +370,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     from aaclip import grid
 
+    if not args.list:
+        check_writable(args.out, "--out")
     return grid.main(args)
 
 
@@ -368,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def method_option(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--method", help="a registered method (default aaclip; `aaclip methods`)")
+    def method_option(sp: argparse.ArgumentParser, default: str = "aaclip") -> None:
+        sp.add_argument(
+            "--method", help=f"a registered method (default {default}; `aaclip methods`)"
+        )
 
     def experiment(sp: argparse.ArgumentParser) -> None:
         method_option(sp)
@@ -440,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="thresholds at a false-positive rate from normal images, stored with the checkpoint",
         description="Score normal images with the checkpoint's raw outputs and store, per "
         "class, an image and a pixel threshold at --fpr and the normalisation (threshold "
-        "-> 0.5) in <checkpoint>.calibration.json. Anomalous images only add the TPR.",
+        "-> 0.5) in <checkpoint>.calibration.json (or --out FILE). Anomalous images only add "
+        "the TPR.",
     )
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument(
@@ -455,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="anomalous images (a folder, or the label-1 records of a .jsonl, masks used)",
     )
     sp.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate")
+    sp.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the calibration here (default: <checkpoint>.calibration.json beside it); "
+        "`predict --calibration FILE` reads it",
+    )
     what_images_show(sp, None, "a folder's class; with records: keep this class only")
     sp.add_argument("--weights")
     sp.add_argument("--device")
@@ -463,8 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="scores, labels, masks and overlays for your own images",
         description="Score each image alone. With a calibration beside the checkpoint "
-        "(`aaclip calibrate`): raw score, normalised score (threshold 0.5), label and mask; "
-        "without: raw scores only.",
+        "(`aaclip calibrate`) or given with --calibration: raw score, normalised score "
+        "(threshold 0.5), label and mask; without: raw scores only. Output folders of "
+        "earlier runs are never read as input.",
     )
     source = sp.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint")
@@ -474,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime", choices=["torch", "onnx"], help="--model: default onnx if it has one"
     )
     sp.add_argument("--out", default="predictions", help="output folder (never read as input)")
+    sp.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="--checkpoint: a calibration written with `calibrate --out` (default: beside it)",
+    )
     sp.add_argument("--no-overlays", action="store_true", help="scores (and masks) only")
     sp.add_argument("--weights")
     sp.add_argument("--device")
@@ -500,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed the CLIP weights (default) or keep only their content hash",
     )
     sp.add_argument("--onnx", action="store_true", help="also write model.onnx (onnxruntime)")
+    sp.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="a calibration written with `calibrate --out` (default: the one beside it)",
+    )
     sp.add_argument("--weights", help="local CLIP weights file (else $AACLIP_WEIGHTS)")
 
     sp = sub.add_parser(
@@ -516,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol", help="a whole protocol grid for a method, one table beside published"
     )
     sp.add_argument("name", choices=["mvfa"], help="mvfa: the six medical sets of MVFA-AD")
-    method_option(sp)
+    method_option(sp, PROTOCOL_METHOD)
     sp.add_argument("--profile", default="smoke", help="the method's preset: smoke | paper")
     sp.add_argument("--shots", default="0,2,4,8,16", help="k, comma-separated; 0: zero-shot")
     sp.add_argument("--sets", help="set folders (default all six), e.g. Brain,Chest")
@@ -524,7 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pixel-sets", help="sets scored with pixel metrics (default Brain,Liver,Retina_RESC)"
     )
     sp.add_argument("--data", help="folder holding <Obj>_AD (smoke: data/synthetic/mvfa)")
-    sp.add_argument("--out", help="tables (default results/protocol/<method>-<profile>)")
+    sp.add_argument(
+        "--out",
+        help="tables (default results/_scratch/protocol/<method>-<profile>, untracked; "
+        "--out results/protocol/<method>-<profile> rewrites the tracked tables)",
+    )
     sp.add_argument("--runs", help="run folders (default runs/protocol/<method>-<profile>)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every run")
     sp.add_argument(
@@ -542,7 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=5)
     sp.add_argument("--device")
     sp.add_argument("--weights")
-    sp.add_argument("--out", default="results/bench")
+    sp.add_argument(
+        "--out",
+        default=str(SCRATCH / "bench"),
+        help="folder of bench.csv, rows appended (default untracked; --out results/bench "
+        "appends to the tracked table)",
+    )
     sp.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     sp.add_argument("--no-train", action="store_true", help="time inference only")
     sp.add_argument("--no-metrics", action="store_true", help="skip timing the metrics")
@@ -600,9 +643,43 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         if os.environ.get("AACLIP_DEBUG"):  # developers: the full traceback
             raise
+        return _refuse(f"aaclip: error: {err}", quiet)
+    except OSError as err:  # an unwritable output, a full disk: one line naming the path
+        line = write_error(err)
+        if line is None or os.environ.get("AACLIP_DEBUG"):
+            raise
+        return _refuse(f"aaclip: error: {line}", quiet)
+    except KeyboardInterrupt:
         if not quiet:
-            print(f"aaclip: error: {err}", file=sys.stderr)
-        return 2
+            print("aaclip: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+
+
+def _refuse(line: str, quiet: bool) -> int:
+    """Print the one error line (rank 0 only under torchrun) and return status 2.
+
+    Under torchrun the line also goes to the worker's error file, so the agent's failure
+    report (torchrun prints one for any worker that exits non-zero) names it as the root
+    cause instead of "To enable traceback see ..."; the other ranks wait a moment, so that
+    rank 0 has printed the line before the agent stops the workers.
+    """
+    import time
+
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        stamp = str(int(time.time()))
+        info = {"py_callstack": line, "timestamp": stamp}
+        data = {"message": {"message": line, "extraInfo": info}}
+        with contextlib.suppress(OSError):
+            Path(error_file).write_text(json.dumps(data))
+    if quiet:
+        time.sleep(1.0)
+    else:
+        print(line, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

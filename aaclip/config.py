@@ -246,16 +246,101 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        node = d
+        node, owner = d, cfg
         *parents, leaf = key.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
                 raise ValueError(f"override {item!r}: no config section {p!r}")
-            node = node[p]
+            node, owner = node[p], getattr(owner, p, None)
         if leaf not in node:
             raise ValueError(f"override {item!r}: unknown key {leaf!r}; known: {sorted(node)}")
+        if dataclasses.is_dataclass(owner):
+            value = checked_value(key, raw, value, _field_types(type(owner)).get(leaf))
         node[leaf] = value
     return ExperimentConfig.from_dict(d)
+
+
+def _field_types(kind: type) -> dict[str, Any]:
+    """The resolved type of every field of a config dataclass ({} if they cannot be read)."""
+    import typing
+
+    try:
+        return typing.get_type_hints(kind)
+    except Exception:  # an annotation that does not resolve: no checking
+        return {}
+
+
+def _type_name(hint: Any) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (tuple, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether `value` has type `hint`, the value as the field holds it)."""
+    import types
+    import typing
+
+    if hint is Any or hint is None:
+        return True, value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            ok, v = _fits(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False, value
+        items = list(value)
+        kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if not args:
+            return True, value
+        if len(kinds) != len(items):
+            return False, value
+        out = []
+        for item, kind in zip(items, kinds, strict=True):
+            ok, v = _fits(item, kind)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if isinstance(hint, type):
+        return isinstance(value, hint), value
+    return True, value  # a type this check does not know: accepted as parsed
+
+
+def checked_value(key: str, raw: str, value: Any, hint: Any) -> Any:
+    """`value` (parsed from `raw`) as field `key` of type `hint` holds it; text stays text
+    where the field is a string (`--set data.train_dataset=2024`); a value of another type
+    is one error line naming key, value and the expected type."""
+    ok, v = _fits(value, hint)
+    if ok:
+        return v
+    ok, v = _fits(raw, hint)  # a str field given something JSON reads as a number
+    if ok and not isinstance(value, str):
+        return v
+    raise ValueError(f"--set {key}={raw}: {key} takes {_type_name(hint)}, not {raw!r}")
 
 
 def _field_notes(kind: type) -> dict[str, str]:

@@ -241,15 +241,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def checkpoint_calibration(checkpoint: str | Path) -> dict | None:
-    """The calibration stored beside a checkpoint (`<checkpoint>.calibration.json`), as the
-    JSON dict (its `classes` readable by `calibration.calibrations_from_dict`), or None."""
+def checkpoint_calibration(checkpoint: str | Path, file: str | Path | None = None) -> dict | None:
+    """The calibration stored beside a checkpoint (`<checkpoint>.calibration.json`), or in
+    `file` (`aaclip calibrate --out`), as the JSON dict (its `classes` readable by
+    `calibration.calibrations_from_dict`), or None."""
     from aaclip import calibration
 
     loader = getattr(calibration, "load_calibration", None)
-    path = Path(f"{checkpoint}.calibration.json")
+    path = Path(file) if file is not None else Path(f"{checkpoint}.calibration.json")
     if loader is not None:
-        cals = loader(checkpoint)
+        cals = loader(checkpoint, file) if file is not None else loader(checkpoint)
         if not cals:
             return None
         extra = json.loads(path.read_text()) if path.is_file() else {}
@@ -328,6 +329,28 @@ def export_detector(
     return out / MANIFEST
 
 
+def portable_config(cfg) -> dict:
+    """The config as an export keeps it: no path of the build machine. The backbone file is
+    named by the identity (name and sha256); a `--backbone reference` export takes it from
+    `--weights` or $AACLIP_WEIGHTS where it runs. The records files are not needed to score
+    (the dataset names stay)."""
+    d = cfg.to_dict()
+    d["backbone"]["weights"] = None
+    d["data"].update(train_records="", test_records=[], memory_records=[])
+    return d
+
+
+def without_absolute_paths(x):
+    """`x` (JSON-like) with every absolute path reduced to its file name."""
+    if isinstance(x, dict):
+        return {k: without_absolute_paths(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [without_absolute_paths(v) for v in x]
+    if isinstance(x, str) and os.path.isabs(x):
+        return Path(x).name
+    return x
+
+
 def _write(
     detector: ExportedDetector,
     cfg,
@@ -354,10 +377,12 @@ def _write(
     if calibration is not None:
         classes = calibration.get("classes", {})
         if detector.class_name in classes:
-            cal_entry = {
-                **{k: v for k, v in calibration.items() if k != "classes"},
-                "classes": {detector.class_name: classes[detector.class_name]},
-            }
+            cal_entry = without_absolute_paths(
+                {
+                    **{k: v for k, v in calibration.items() if k != "classes"},
+                    "classes": {detector.class_name: classes[detector.class_name]},
+                }
+            )
             (out / CALIBRATION).write_text(json.dumps(cal_entry, indent=2, sort_keys=True))
         else:
             report(
@@ -389,7 +414,7 @@ def _write(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "method": method.name,
-        "config": cfg.to_dict(),
+        "config": portable_config(cfg),
         "class_name": detector.class_name,
         "dataset": detector.dataset,
         "description": description,
@@ -443,8 +468,11 @@ def export_checkpoint(
     weights: str | None = None,
     dataset: str | None = None,
     report: Callable[[str], None] | None = None,
+    calibration: str | Path | None = None,
 ) -> Path:
-    """`aaclip export`: a checkpoint and a class -> an export folder; the manifest's path."""
+    """`aaclip export`: a checkpoint and a class -> an export folder; the manifest's path.
+    `calibration`: a calibration file (`aaclip calibrate --out`) instead of the one beside
+    the checkpoint."""
     from aaclip import checkpoints as ck
     from aaclip.config import ExperimentConfig
     from aaclip.evaluate import load_methods
@@ -475,7 +503,7 @@ def export_checkpoint(
         description=description,
         backbone=backbone,
         onnx=onnx,
-        calibration=checkpoint_calibration(checkpoint),
+        calibration=checkpoint_calibration(checkpoint, calibration),
         checkpoint=checkpoint,
         report=report,
     )

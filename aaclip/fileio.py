@@ -52,3 +52,46 @@ def atomic_write(path: str | os.PathLike, data: bytes, durable: bool = True) -> 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text atomically."""
     atomic_write(path, text.encode("utf-8"))
+
+
+# The one list of image suffixes: folders and named files in `predict`/`calibrate`, the
+# dataset converters (data_prep); every one of them Pillow reads.
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written; the message is one line naming it."""
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, before anything runs, an output `folder` that cannot be created or written
+    (read-only, not ours, or a file in the way): one line naming it. Nothing is created."""
+    folder = Path(folder).expanduser()
+    probe = folder.absolute()
+    while not probe.exists() and probe.parent != probe:
+        if probe.is_symlink():  # a dangling link: its target cannot be made here
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputFolderError(
+            f"{what} {folder}: cannot write there, {probe} is a file, not a folder"
+        )
+    if not probe.exists() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"{what} {folder}: cannot write there ({probe} is not writable); choose another"
+        )
+    return folder
+
+
+def write_error(err: OSError) -> str | None:
+    """One line for an OSError of the file system (permission, read-only file system, full
+    disk, a file where a folder should be), naming the path; None for other errors."""
+    import errno
+
+    codes = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EISDIR,
+             errno.EDQUOT}  # fmt: skip
+    if err.errno not in codes:
+        return None
+    if err.filename is None:
+        return " ".join(str(err).split())
+    return f"{err.filename}: {err.strerror or err}"

@@ -16,9 +16,11 @@ overrides ("zero_shot" / "few_shot"), the data above and the user's overrides; i
 through ``aaclip.experiment.run`` (train -> the fixed last epoch -> evaluate) into
 ``<runs>/<Obj>_<k>shot`` (default ``runs/protocol/<method>-<profile>``; ``aaclip test --run``
 re-scores one). Finished runs are reused when the grid is run again.
-Outputs: ``<out>/grid.csv`` (every metric, long), ``<out>/table.{csv,md}`` (image AUROC on
-six sets, pixel AUROC on the segmentation sets, the other metrics, beside the published
-columns of ``results/published_results.csv``) with the checkpoint-selection note.
+Outputs (``<out>``: default ``results/_scratch/protocol/<method>-<profile>``, untracked; the
+tracked ``results/protocol/`` only with ``--out``): ``<out>/grid.csv`` (every metric, long),
+``<out>/table.{csv,md}`` (image AUROC on six sets, pixel AUROC on the segmentation sets,
+the other metrics, beside the published columns of ``results/published_results.csv``) with
+the checkpoint-selection note.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ import pandas as pd
 from aaclip import data
 from aaclip.config import ExperimentConfig, apply_overrides, preset
 from aaclip.fileio import atomic_write_text
-from aaclip.methods import method_class
+from aaclip.methods import METHODS, method_class
 from aaclip.protocols import merge_records
-from aaclip.results import load_published, write_csv, write_table
+from aaclip.results import SCRATCH, load_published, write_csv, write_table
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,50 @@ def _run_cell(args: tuple) -> pd.DataFrame:
     return table
 
 
+def default_folders(
+    method: str, profile: str, out_dir: str | Path | None, runs_dir: str | Path | None
+) -> tuple[Path, Path]:
+    """The tables' folder (default under the untracked `results/_scratch/protocol/`; the
+    tracked `results/protocol/` only when asked) and the runs' (`runs/protocol/`)."""
+    out = Path(out_dir) if out_dir else SCRATCH / "protocol" / f"{method}-{profile}"
+    runs = Path(runs_dir) if runs_dir else Path("runs") / "protocol" / f"{method}-{profile}"
+    return out, runs
+
+
+def refuse_untrainable(
+    method: str,
+    profile: str,
+    root: Path,
+    sets: Sequence[str],
+    shots: Sequence[int],
+    work: Path,
+    overrides: Sequence[str] = (),
+) -> None:
+    """One line, before anything runs, when the method cannot train a cell as the protocol
+    says: a method that needs anomaly masks (`needs_masks`) on training records without them
+    (leave-one-out trains on the classification-only sets)."""
+    from aaclip import runs
+
+    cls = method_class(method)
+    if not cls.needs_masks:
+        return
+    for k in shots:
+        for target in sets:
+            cfg = run_config(method, profile, root, target, k, work, overrides)
+            if not runs.last_stage(cfg)[0]:
+                return  # nothing to train (the CLIP baseline)
+            records = data.load_records(cfg.data.train_records, require_masks=False)
+            if any(r.label == 1 and not r.mask_path for r in records):
+                able = [m for m, c in METHODS.items() if not c.needs_masks]
+                mode = "zero-shot (leave-one-out)" if k == 0 else f"{k}-shot"
+                raise ProtocolError(
+                    f"protocol mvfa --method {method}: {cls.published_name or method} trains on "
+                    f"anomaly masks, and the {mode} cell {target} trains on sets without "
+                    f"them ({cfg.data.train_dataset}); methods that train without masks: "
+                    f"{', '.join(able)}"
+                )
+
+
 @dataclass
 class GridResult:
     long: pd.DataFrame  # method, shots, target, metric, value (fractions)
@@ -251,8 +297,8 @@ def run_grid(
     if profile == "smoke":
         ensure_smoke_sets(root)
     check_pixel_sets(root, sets, pixel)
-    out = Path(out_dir or f"results/protocol/{method}-{profile}")
-    work = Path(runs_dir or f"runs/protocol/{method}-{profile}")
+    out, work = default_folders(method, profile, out_dir, runs_dir)
+    refuse_untrainable(method, profile, root, sets, shots, work, overrides)
     cells = []
     for k in shots:
         for target in sets:

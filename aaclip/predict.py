@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,14 +39,15 @@ from aaclip import checkpoints as ck
 from aaclip import data
 from aaclip.calibration import Calibration, load_calibration
 from aaclip.config import ExperimentConfig
-from aaclip.fileio import atomic_write, atomic_write_text
+from aaclip.fileio import IMAGE_SUFFIXES, atomic_write, atomic_write_text
 from aaclip.methods import ClassContext, InputSpec, Method, Prediction
 from aaclip.reference import Reference, ReferenceClass, scoring_mode
 from aaclip.runtime import full_precision, pick_device
 from aaclip.transforms import image_to_tensor
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 RECORDS_SUFFIX = ".jsonl"
+# `predict` marks every folder it writes; such a folder is never read back as input.
+OUTPUT_MARKER = ".aaclip-predictions"
 DOMAINS = ("industrial", "medical")
 
 __all__ = [
@@ -58,6 +60,32 @@ __all__ = [
 ]
 
 
+def is_output_folder(folder: Path) -> bool:
+    """A folder `predict` wrote: its marker, or (older versions) scores.csv beside
+    overlays/ or masks/."""
+    return (folder / OUTPUT_MARKER).is_file() or (
+        (folder / "scores.csv").is_file()
+        and ((folder / "overlays").is_dir() or (folder / "masks").is_dir())
+    )
+
+
+def _files_under(folder: Path, skipped: list[Path], current) -> list[Path]:
+    """Every file under `folder`, sorted, leaving out the output folders of earlier
+    `predict` runs (listed in `skipped`; `current(path)`: the output folder of this run,
+    counted by the caller)."""
+    out: list[Path] = []
+    for here, dirs, files in os.walk(folder):
+        kept = []
+        for d in sorted(dirs):
+            if is_output_folder(Path(here) / d) and not current(Path(here) / d):
+                skipped.append(Path(here) / d)
+            else:
+                kept.append(d)
+        dirs[:] = kept
+        out.extend(Path(here) / f for f in files)
+    return sorted(out)
+
+
 def collect_images(
     inputs: list[str | Path],
     *,
@@ -66,9 +94,11 @@ def collect_images(
 ) -> list[Path]:
     """Image files from a mix of files and folders (folders searched recursively, sorted).
 
-    Nothing under an `exclude` folder (the output folder) is ever read back as input. In
-    folders, files that are not images (other suffixes, hidden files) are skipped with one
-    count. Every image is checked (`data.unreadable_images`); a corrupt one is reported and
+    Nothing under an `exclude` folder (the output folder) or under any folder an earlier
+    `predict` wrote (`is_output_folder`) is ever read back as input. Files and folders
+    alike take the suffixes of `fileio.IMAGE_SUFFIXES`: in folders, other files (other
+    suffixes, hidden files) are skipped with one count; a named one is skipped with a
+    note. Every image is checked (`data.unreadable_images`); a corrupt one is reported and
     skipped, so the good images are still scored. `report` gets each one-line note
     (default: printed to stderr).
     """
@@ -82,13 +112,16 @@ def collect_images(
     found: list[Path] = []
     others: dict[str, int] = {}
     ignored = 0
+    earlier: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            for p in sorted(item.rglob("*")):
+        if item.is_dir() and is_output_folder(item) and not excluded(item):
+            earlier.append(item)
+        elif item.is_dir():
+            for p in _files_under(item, earlier, excluded):
                 if not p.is_file():
                     continue
                 if excluded(p):
-                    ignored += 1
+                    ignored += p.name != OUTPUT_MARKER
                 elif p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
                     found.append(p)
                 else:
@@ -97,6 +130,10 @@ def collect_images(
         elif item.is_file():
             if excluded(item):
                 ignored += 1
+            elif item.suffix.lower() not in IMAGE_SUFFIXES:
+                report(
+                    f"skipped {item}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             else:
                 found.append(item)
         else:
@@ -104,6 +141,8 @@ def collect_images(
     found = list(dict.fromkeys(found))
     if ignored:
         report(f"skipped {ignored} file{'s' * (ignored > 1)} in the output folder {skip[0]}")
+    for folder in dict.fromkeys(earlier):
+        report(f"skipped {folder}: an output folder of `aaclip predict`, never read as input")
     if others:
         n = sum(others.values())
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(others.items()))
@@ -253,11 +292,12 @@ class Detector:
         *,
         device: str | torch.device | None = None,
         weights: str | None = None,
-        calibration: bool = True,
+        calibration: bool | str | Path = True,
         report: Callable[[str], None] | None = None,
     ) -> Detector:
         """Load a checkpoint (any method), its reference normals when it is few-shot
-        (`aaclip.reference`) and, with `calibration`, its stored calibration."""
+        (`aaclip.reference`) and, with `calibration`, its stored calibration: True, the one
+        beside it; a path, that file (`aaclip calibrate --out`)."""
         from aaclip.evaluate import load_methods
 
         meta = ck.read_meta(checkpoint)  # one line when the file is not a checkpoint
@@ -270,7 +310,8 @@ class Detector:
             cfg.backbone.weights = weights
         reference = Reference.of_checkpoint(meta, cfg, str(checkpoint), report or _note)
         method = next(iter(load_methods(cfg, [checkpoint], pick_device(device)).values()))
-        calibrations = load_calibration(checkpoint) if calibration else None
+        path = None if isinstance(calibration, bool) else calibration
+        calibrations = load_calibration(checkpoint, path) if calibration else None
         det = cls(method, checkpoint, calibrations, reference)
         det.base_mode = scoring_mode(cfg)
         return det
@@ -496,15 +537,20 @@ def predict_files(
     class_name: str | None = None,
     report: Callable[[str], None] | None = None,
     overlays: bool = True,
+    calibration: str | Path | None = None,
 ) -> Path:
-    """Score images one by one; write `scores.csv`, `overlays/*.png` and, when calibrated,
+    """Score images one by one; write `scores.csv`, `overlays/*.png` and, when calibrated
+    (beside the checkpoint, or the file `calibration`),
     `masks/*.png` (binary, at each image's own size); return the CSV.
 
     Inputs are image files, folders and records files (`.jsonl`: each image is scored as its
     record's class, and the overlay shows the ground-truth mask). An image's row is the same
     whatever other images share the call.
     """
-    det = Detector.from_checkpoint(checkpoint, device=device, weights=weights, report=report)
+    det = Detector.from_checkpoint(
+        checkpoint, device=device, weights=weights, calibration=calibration or True,
+        report=report,
+    )  # fmt: skip
     return write_predictions(
         det,
         inputs,
@@ -536,6 +582,7 @@ def write_predictions(
     out_dir = Path(out_dir)
     items = _inputs(inputs, out_dir, report)
     _remove_previous(out_dir)
+    atomic_write_text(out_dir / OUTPUT_MARKER, "written by `aaclip predict`; never read as input\n")
     targets: dict[str | None, Target] = {}
     for cls in dict.fromkeys(i.class_name for i in items):
         own = cls is not None and class_name is None and description is None

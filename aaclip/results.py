@@ -10,6 +10,11 @@ import pandas as pd
 
 from aaclip.fileio import atomic_write_text
 
+# Where exploration writes unless asked otherwise (`--out results/...`): notebooks run with
+# other parameters than `make reproduce`'s, `aaclip protocol`, `aaclip bench`. Untracked
+# (.gitignore: results/**/_scratch/), so the tracked results/ only change on purpose.
+SCRATCH = Path("results") / "_scratch"
+
 PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published_results.csv"
 KEYS = ["method", "train_set", "shots", "target", "metric"]
 
@@ -145,27 +150,13 @@ def mean_std_table(
 
 # --------------------------------------------------------------------------- paper settings
 
-# registry name -> the method's name in published_results.csv
-PUBLISHED_NAMES = {
-    "aaclip": "AA-CLIP",
-    "clip": "CLIP",
-    "dpclip": "DP-CLIP",
-    "iqeclip": "IQE-CLIP",
-    "mvfa": "MVFA-AD",
-    "anomalyclip": "AnomalyCLIP",
-}
-
-
 def published_name(method: str) -> str:
-    """The name a method has in `published_results.csv` (its class's `published_name`, else
-    the table above, else the registry name)."""
-    try:
-        from aaclip.methods import method_class
+    """The name a method has in `published_results.csv`: its class's `published_name` (an
+    unregistered name, e.g. a published-only baseline, is itself)."""
+    from aaclip.methods import METHODS
 
-        own = getattr(method_class(method), "published_name", None)
-    except Exception:  # an unregistered name: the table or the name itself
-        own = None
-    return own or PUBLISHED_NAMES.get(method, method)
+    cls = METHODS.get(method)
+    return (cls.published_name if cls is not None else None) or method
 
 
 def shots_label(cfg) -> str:

@@ -12,8 +12,9 @@ it back through `aaclip.deploy` (manifest and hashes checked) with both runtimes
   (`torch.set_num_threads(threads)`) vs an onnxruntime CPU session with as many threads.
 
 Models: `tiny` = aaclip-tiny at 128 px (the smoke profile), `vitl` = ViT-L-14-336 at 518 px
-(the paper's). Rows are printed and appended to `results/bench/export.csv`. `--keep DIR`
-keeps the exports there, so a later run only times (ViT-L's export takes minutes).
+(the paper's). Rows are printed and appended to `results/_scratch/bench/export.csv`
+(untracked). `--keep DIR` keeps the exports there, so a later run only times (ViT-L's
+export takes minutes).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch", type=int, action="append", help="timed batch sizes (default 1)")
-    p.add_argument("--out", type=Path, default=Path("results/bench/export.csv"))
+    p.add_argument("--out", type=Path, default=Path("results/_scratch/bench/export.csv"))
     p.add_argument("--keep", type=Path, help="export into KEEP/MODEL once, reuse it next time")
     args = p.parse_args()
     common = {

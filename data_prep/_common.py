@@ -19,9 +19,9 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from aaclip.fileio import atomic_write_text
+from aaclip.fileio import IMAGE_SUFFIXES, atomic_write_text
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # aaclip's one list (predict reads the same)
 """Recognised image suffixes, matched case-insensitively."""
 
 MAX_LISTED = 10

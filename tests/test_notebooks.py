@@ -38,7 +38,7 @@ STEMS = [
 BASE = {
     "profile": "smoke",
     "data_root": "data/synthetic",
-    "results_dir": "results",
+    "results_dir": None,
     "runs_dir": "runs",
     "device": None,
     "targets": None,

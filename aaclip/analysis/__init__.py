@@ -27,9 +27,9 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 from aaclip.analysis import ablations, alignment, methods, notebook, plots, protocol  # noqa: E402
 from aaclip.analysis.ablations import (  # noqa: E402
-    ABLATION_EPOCHS,
     COMPONENT_PERCENT,
     COMPONENTS,
+    QUICK_VARIANT_EPOCHS,
     VariantResult,
     VariantRunner,
     ablation_config,
@@ -38,10 +38,13 @@ from aaclip.analysis.ablations import (  # noqa: E402
     component_config,
     component_jobs,
     component_table,
+    components,
     epochs_text,
+    has_components,
     published_components,
     run_components,
     run_jobs,
+    run_prefix,
     run_shots,
     run_variant,
     shot_jobs,
@@ -115,13 +118,14 @@ from aaclip.analysis.protocol import (  # noqa: E402
 from aaclip.evaluate import eval_sets  # noqa: E402
 
 __all__ = [
-    "ABLATION_EPOCHS", "COMPONENT_PERCENT", "COMPONENTS", "METRICS_SHOWN", "QUICK_BANNER",
+    "QUICK_VARIANT_EPOCHS", "COMPONENT_PERCENT", "COMPONENTS", "METRICS_SHOWN", "QUICK_BANNER",
     "QUICK_OVERRIDES",
     "SMOKE_BANNER", "TEMPERATURES", "MissingInputsError", "Notebook", "VariantResult",
     "VariantRunner", "ablation_config", "ablation_table", "ablation_variants", "ablations",
     "adversarial_aupro_case", "alignment", "anchor_comparison", "anchor_cosines",
     "aupro_variants", "aupro_wrong_200_thresholds", "aupro_wrong_last_fpr", "class_groups",
-    "component_config", "component_jobs", "component_table", "differences_text", "ensure_synthetic",
+    "component_config", "component_jobs", "component_table", "components", "differences_text",
+    "ensure_synthetic", "has_components", "run_prefix",
     "epochs_text", "eval_sets", "heatmaps", "image_text_similarity", "initial_model",
     "jsonable", "key_numbers_text", "legend_below", "legend_right", "mean_rows", "methods",
     "normal_abnormal_block", "notebook", "num", "only_anomalous", "overlap_coefficient",

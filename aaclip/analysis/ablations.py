@@ -16,26 +16,25 @@ from typing import TypeVar
 
 import pandas as pd
 
-from aaclip.analysis.notebook import mean_rows
+from aaclip.analysis.notebook import REPRODUCE_PARAMETERS, mean_rows
 from aaclip.config import ExperimentConfig, apply_overrides, switch_method
 
 T = TypeVar("T")
 
-# Variant runs under smoke train fewer epochs than the main run (quick mode: 1 per stage).
-ABLATION_EPOCHS = {
-    "aaclip": ("model.stage1_epochs=1", "model.stage2_epochs=4"),
-    "other": ("train.max_epochs=4",),
-    "quick": ("train.max_epochs=1",),
-}
+# Variant runs under smoke train fewer epochs than the main run (the method's
+# `SMOKE_VARIANT_EPOCHS`); quick mode: 1 per stage.
+QUICK_VARIANT_EPOCHS = ("train.max_epochs=1",)
 
 
 def ablation_config(cfg: ExperimentConfig, quick: bool = False) -> ExperimentConfig:
     """The default the variants are compared against: the profile's config, with fewer
     epochs under smoke (and 1 per stage in quick mode); the paper profile keeps its own."""
+    from aaclip.methods import method_class
+
     if quick:
-        return apply_overrides(cfg, list(ABLATION_EPOCHS["quick"]))
+        return apply_overrides(cfg, list(QUICK_VARIANT_EPOCHS))
     if cfg.profile == "smoke":
-        return apply_overrides(cfg, list(ABLATION_EPOCHS.get(cfg.method, ABLATION_EPOCHS["other"])))
+        return apply_overrides(cfg, list(method_class(cfg.method).SMOKE_VARIANT_EPOCHS))
     return cfg
 
 
@@ -213,15 +212,28 @@ class VariantRunner:
 
 # --------------------------------------------------------------------------- Table 3
 
-# AA-CLIP's component ablation, each row a configured variant (cumulative, as in the paper).
-COMPONENTS: dict[str, list[str] | None] = {
-    "CLIP": None,  # method clip: frozen CLIP, no training
-    "+ linear projector": ["model.image_adapter=none", "model.stage1_epochs=0"],
-    "+ vanilla adapter": ["model.image_adapter=vanilla", "model.stage1_epochs=0"],
-    "+ residual image adapter": ["model.stage1_epochs=0"],
-    "+ text adapter": ["model.text_norm_weight=0"],
-    "+ disentangle loss": [],  # the full model
-}
+
+def components(method: str) -> dict[str, list[str] | None]:
+    """The method's component ablation (its class's `COMPONENT_ABLATION`; {}: none), each
+    row a configured variant (cumulative, as in the paper); None: the frozen CLIP row."""
+    from aaclip.methods import method_class
+
+    return dict(method_class(method).COMPONENT_ABLATION)
+
+
+def has_components(method: str) -> bool:
+    """Whether notebook 05 runs a component ablation (Table 3) for the method."""
+    return bool(components(method))
+
+
+def run_prefix(method: str) -> str:
+    """The prefix of a notebook's variant run folders: none for the default method's
+    (`make reproduce`), `<method>-` for any other."""
+    return "" if method == REPRODUCE_PARAMETERS["method"] else f"{method}-"
+
+
+# The rows of the default method's component ablation (the published Table 3 names them).
+COMPONENTS = components(REPRODUCE_PARAMETERS["method"])
 COMPONENT_SHOTS = 64  # the paper's Table 3 trains on 64-shot VisA
 
 
@@ -237,7 +249,7 @@ def component_jobs(base: ExperimentConfig, default_folder: str = "ablation_defau
     """Every row of Table 3 as a job ('CLIP' is frozen CLIP, no training); the full model's
     run is `default_folder` (shared with the ablations when configs agree)."""
     out: list[Job] = []
-    for row, overrides in COMPONENTS.items():
+    for row, overrides in components(base.method).items():
         if overrides is None:
             out.append((row, switch_method(base, "clip"), [], "clip"))
         else:

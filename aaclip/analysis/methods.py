@@ -25,46 +25,19 @@ from aaclip.analysis.notebook import (
 from aaclip.config import ExperimentConfig
 from aaclip.results import format_number
 
-# Method name -> its name in results/published_results.csv (a method's own
-# `published_name` class attribute wins).
-PUBLISHED_NAMES = {
-    "clip": "CLIP",
-    "aaclip": "AA-CLIP",
-    "dpclip": "DP-CLIP",
-    "mvfa": "MVFA-AD",
-    "iqeclip": "IQE-CLIP",
-    "clipmpcad": "ClipMPCAD",
-}
-# How each release chose the checkpoint behind its published numbers (a method's own
-# `release_selection` class attribute wins). Every release selects on the test set.
-RELEASE_SELECTION = {
-    "clip": "no training: nothing to select",
-    "aaclip": "the released test script scores every epoch's checkpoint on the test set; "
-    "the paper reportedly reports epoch 15 (full-shot)",
-    "dpclip": "test.py scores every saved epoch on the test set (or a per-target "
-    "<dataset>.pth when present)",
-    "mvfa": "few-shot: best of 50 per-epoch tests on the test set (pixel + image AUROC, "
-    "strict >); zero-shot: best of about 250 tests on the test set, the first before any "
-    "step (>=)",
-    "clipmpcad": "few-shot: best of 50 per-epoch tests on the test set (as MVFA-AD)",
-    "iqeclip": "zero-shot: best of about 250 tests on the test set (as MVFA-AD, >=); "
-    "few-shot: best of one test per epoch (>=)",
-}
-
 
 def published_name(method: str) -> str:
+    """The method's name in results/published_results.csv (its class's `published_name`)."""
     from aaclip.methods import method_class
 
-    return getattr(method_class(method), "published_name", None) or PUBLISHED_NAMES.get(
-        method, method
-    )
+    return method_class(method).published_name or method
 
 
 def release_selection(method: str) -> str:
+    """How the method's release chose its checkpoint (its class's `release_selection`)."""
     from aaclip.methods import method_class
 
-    own = getattr(method_class(method), "release_selection", None)
-    return own or RELEASE_SELECTION.get(method, "not recorded in this repository")
+    return method_class(method).release_selection
 
 
 def our_selection(cfg: ExperimentConfig) -> str:

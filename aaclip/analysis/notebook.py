@@ -454,11 +454,53 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+# The parameters `make reproduce` runs the notebooks with (besides profile and folders): only
+# such a run writes the tracked results/ (and REPORT.md); any other goes to an untracked
+# folder under results/_scratch/ unless `results_dir` is given.
+REPRODUCE_PARAMETERS: dict[str, Any] = {
+    "method": "aaclip",
+    "methods": None,
+    "targets": None,
+    "shots": None,
+    "epochs": None,
+    "seeds": [111],
+    "quick": False,
+}
+
+
+def exploration_name(**parameters: Any) -> str | None:
+    """A folder name for notebook parameters other than `REPRODUCE_PARAMETERS`' (e.g.
+    `method-dpclip_shots-8`), None for the default run."""
+    import re
+
+    parts = []
+    for key, value in parameters.items():
+        if value == REPRODUCE_PARAMETERS.get(key, value):
+            continue
+        if value is True:
+            parts.append(key)
+            continue
+        shown = "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        parts.append(f"{key}-{re.sub(r'[^A-Za-z0-9.+-]', '', shown)}")
+    return "_".join(parts) or None
+
+
+def results_folder(results_dir: str | Path | None, **parameters: Any) -> Path:
+    """Where a notebook writes: `results_dir` when given; else `results` for the default
+    run and `results/_scratch/<parameters>` for any other (never the tracked tables)."""
+    from aaclip.results import SCRATCH
+
+    if results_dir is not None:
+        return Path(results_dir)
+    name = exploration_name(**parameters)
+    return SCRATCH / name if name else Path("results")
+
+
 def setup(
     name: str,
     profile: str = "smoke",
     data_root: str | Path = "data/synthetic",
-    results_dir: str | Path = "results",
+    results_dir: str | Path | None = None,
     runs_dir: str | Path = "runs",
     device: str | None = None,
     quick: bool = False,
@@ -467,8 +509,14 @@ def setup(
     epochs: int | None = None,
     seeds: Sequence[int] | None = None,
     method: str = "aaclip",
+    methods: Sequence[str] | None = None,
 ) -> Notebook:
     """Config and paths of a notebook; stops with one message when inputs are missing.
+
+    `results_dir` None: `results/` for `make reproduce`'s parameters, else an untracked
+    `results/_scratch/<parameters>/` (`results_folder`), so exploring never overwrites the
+    tracked tables; name a folder (e.g. "results") to write there. `methods`: notebook 07's
+    choice of methods (only where it goes).
 
     Paths are relative to the repo root (found from the working directory, or
     $AACLIP_ROOT), so a notebook runs the same from the root (papermill --cwd .) and from
@@ -480,6 +528,17 @@ def setup(
     runtime.use_thread_policy()  # as the CLI: one thread for the tiny backbones
     quick = quick or os.environ.get(QUICK_ENV) == "1"
     seeds = list(seeds) if seeds else [111]
+    asked = dict(
+        method=method, methods=list(methods) if methods else None,
+        targets=list(targets) if targets else None, shots=shots, epochs=epochs, seeds=seeds,
+        quick=quick,
+    )  # fmt: skip
+    results_dir = results_folder(results_dir, **asked)
+    if results_dir.parts[:2] == ("results", "_scratch"):
+        print(
+            f"outputs go to {results_dir}/ (untracked): parameters other than `make "
+            'reproduce`\'s; results_dir="results" writes the tracked tables'
+        )
     cfg = profile_config(profile, data_root, root, method)
     cfg = select_targets(cfg, targets)
     cfg = apply_overrides(cfg, _run_overrides(shots, epochs, quick, seeds[0]))

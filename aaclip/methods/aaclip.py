@@ -84,6 +84,21 @@ class AAClip(Method):
     summary = "AA-CLIP (CVPR 2025): text then image residual adapters, disentangle loss"
     Config = AAClipConfig
     PRESETS = {"paper": _paper, "smoke": _smoke}
+    published_name = "AA-CLIP"
+    release_selection = (
+        "the released test script scores every epoch's checkpoint on the test set; "
+        "the paper reportedly reports epoch 15 (full-shot)"
+    )
+    RELEASED_FILES = {"text": "text_adapter.pth, stage 1", "image": "image_adapter_N.pth, stage 2"}
+    SMOKE_VARIANT_EPOCHS = ("model.stage1_epochs=1", "model.stage2_epochs=4")
+    COMPONENT_ABLATION = {  # paper Table 3, cumulative
+        "CLIP": None,  # frozen CLIP, no training
+        "+ linear projector": ["model.image_adapter=none", "model.stage1_epochs=0"],
+        "+ vanilla adapter": ["model.image_adapter=vanilla", "model.stage1_epochs=0"],
+        "+ residual image adapter": ["model.stage1_epochs=0"],
+        "+ text adapter": ["model.text_norm_weight=0"],
+        "+ disentangle loss": [],  # the full model
+    }
 
     @classmethod
     def ablations(cls, cfg: AAClipConfig) -> dict[str, list[str]]:
@@ -289,6 +304,18 @@ class AAClip(Method):
     def on_load(self) -> None:
         # Without stage-1 epochs the anchors come from the frozen CLIP text encoder.
         self.text_adapted = self.cfg.stage1_epochs > 0
+
+    def load_released(self, files: dict[str, str | None]) -> tuple[int, list[str]]:
+        """`--text text_adapter.pth` and/or `--image image_adapter_N.pth` (a DP-CLIP file is
+        refused by name)."""
+        from aaclip.methods.dpclip import refuse_for_aaclip
+
+        text_path, image_path = files.get("text"), files.get("image")
+        if files.get("released") or not (text_path or image_path):
+            raise ValueError("import-released --method aaclip: give --text and/or --image")
+        refuse_for_aaclip(image_path)
+        load_released(self, text_path, image_path)
+        return (2 if image_path else 1), [p for p in (text_path, image_path) if p]
 
 
 def load_released(

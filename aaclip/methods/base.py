@@ -98,9 +98,22 @@ class Method(nn.Module):
     PRESETS: ClassVar[dict[str, Callable[..., Any]]] = {}  # profile -> ExperimentConfig factory
     batch_independent: ClassVar[bool] = True  # False: a released quirk mixes a batch's images
     needs_masks: ClassVar[bool] = True  # False: trains on classification-only sets too
+    # ---- facts about the method, read by results, analysis, the CLI and the ablations
     published_name: ClassVar[str | None] = None  # `method` in results/published_results.csv
-    # Overrides a protocol grid (aaclip.medical) applies per mode: "zero_shot", "few_shot".
+    # How the authors' release chose the checkpoint behind its published numbers (notebook 07).
+    release_selection: ClassVar[str] = "not recorded in this repository"
+    # The files `aaclip import-released` takes: its option (text, image, released) -> what
+    # the file is; {} = no importer. `load_released` reads them.
+    RELEASED_FILES: ClassVar[dict[str, str]] = {}
+    # Overrides a protocol grid (aaclip.medical) applies per mode: "zero_shot", "few_shot";
+    # a mode the method has (also with []) is one it supports.
     PROTOCOLS: ClassVar[dict[str, list[str]]] = {}
+    # Overrides of the variant runs of notebooks 04–05 under `smoke` (fewer epochs than the
+    # main run); quick mode caps every stage at 1 epoch instead.
+    SMOKE_VARIANT_EPOCHS: ClassVar[tuple[str, ...]] = ("train.max_epochs=4",)
+    # The paper's component ablation (AA-CLIP: Table 3), cumulative rows of overrides; None:
+    # the frozen CLIP baseline row. {}: the method has none (notebook 05 skips it).
+    COMPONENT_ABLATION: ClassVar[dict[str, list[str] | None]] = {}
 
     adapters: nn.ModuleDict
 
@@ -267,6 +280,20 @@ class Method(nn.Module):
     def import_released(self, path: str) -> None:
         """Load the authors' released checkpoint file (`aaclip import-released --released`)."""
         raise ValueError(f"import-released: {self.name} has no importer for released files")
+
+    def load_released(self, files: dict[str, str | None]) -> tuple[int, list[str]]:
+        """`aaclip import-released`: load the authors' files, `{option: path or None}` for
+        each option of `RELEASED_FILES`; returns the stage the weights reach and the files
+        read. Default: one file, `--released` (`import_released`)."""
+        given = {k: v for k, v in files.items() if v}
+        if not self.RELEASED_FILES:
+            raise ValueError(f"import-released: --method {self.name} has no importer")
+        wrong = sorted(set(given) - set(self.RELEASED_FILES))
+        if wrong or "released" not in given:
+            options = ", ".join(f"--{k} ({v})" for k, v in self.RELEASED_FILES.items())
+            raise ValueError(f"import-released --method {self.name}: give {options}")
+        self.import_released(given["released"])
+        return len(self.stages()), [given["released"]]
 
     def train(self, mode: bool = True) -> Method:
         """Train mode for the adapters only; the frozen backbone stays in eval mode."""

@@ -36,6 +36,8 @@ class ClipBaseline(Method):
     summary = "frozen CLIP with AA-CLIP's prompt ensemble and scoring (no training)"
     Config = ClipConfig
     PRESETS = {"paper": _paper, "smoke": _smoke}
+    published_name = "CLIP"
+    release_selection = "no training: nothing to select"
 
     def class_anchors(
         self, class_name: str, dataset: str | None, description: str | None = None

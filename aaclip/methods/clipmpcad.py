@@ -240,6 +240,7 @@ class ClipMPCAD(MVFA):
     name = "clipmpcad"
     summary = "ClipMPCAD: MVFA-AD few-shot with MADFF (channel/spatial/frequency) adapters"
     published_name = "ClipMPCAD"
+    release_selection = "few-shot: best of 50 per-epoch tests on the test set (as MVFA-AD)"
     Config = ClipMPCADConfig
     PRESETS = {
         "paper": _clipmpcad_paper,

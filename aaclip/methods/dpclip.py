@@ -123,6 +123,11 @@ class DPClip(Method):
     summary = "DP-CLIP: AA-CLIP's image adapters with GRN, momentum decoupling loss, frozen text"
     Config = DPClipConfig
     published_name = "DP-CLIP"
+    release_selection = (
+        "test.py scores every saved epoch on the test set (or a per-target <dataset>.pth "
+        "when present)"
+    )
+    RELEASED_FILES = {"image": "image_adapter_N.pth"}
     PRESETS = {"paper": _paper, "paper_visa": _paper_visa, "released": _released, "smoke": _smoke}
     ABLATIONS = {
         "grn_batch_axis": ["model.grn_axis=batch"],
@@ -173,6 +178,13 @@ class DPClip(Method):
     def import_released(self, path: str | Path) -> None:
         """Load the authors' `image_adapter[_N].pth` (see `load_released`)."""
         load_released(self, path)
+
+    def load_released(self, files: dict[str, str | None]) -> tuple[int, list[str]]:
+        """`--image image_adapter_N.pth`; DP-CLIP has no text stage."""
+        if files.get("text") or files.get("released") or not files.get("image"):
+            raise ValueError("DP-CLIP has no text stage: pass its image_adapter_N.pth as --image")
+        load_released(self, files["image"])
+        return len(self.stages()), [files["image"]]
 
     # ---------------------------------------------------------------- text and image
     def class_anchors(

@@ -216,6 +216,11 @@ class MVFA(Method):
     name = "mvfa"
     summary = "MVFA-AD (CVPR 2024): multi-level seg/det adapters, few-shot memory bank"
     published_name = "MVFA-AD"
+    release_selection = (
+        "few-shot: best of 50 per-epoch tests on the test set (pixel + image AUROC, strict >); "
+        "zero-shot: best of about 250 tests on the test set, the first before any step (>=)"
+    )
+    RELEASED_FILES = {"released": "ckpt/{few-shot,zero-shot}/<Obj>.pth"}
     Config = MVFAConfig
     PRESETS = {"paper": _paper, "smoke": _smoke}
     PROTOCOLS = {

@@ -264,6 +264,11 @@ class IQEClip(Method):
     name = "iqeclip"
     summary = "IQE-CLIP: image-conditioned class tokens, deep text prompts, Q-Former queries"
     published_name = "IQE-CLIP"
+    release_selection = (
+        "zero-shot: best of about 250 tests on the test set (as MVFA-AD, >=); few-shot: best "
+        "of one test per epoch (>=)"
+    )
+    RELEASED_FILES = {"released": "the release's <Obj>.pth (train_zero.py / train_few.py)"}
     Config = IQEClipConfig
     PRESETS = {"paper": mvfa_config, "smoke": _smoke}
     PROTOCOLS = {"zero_shot": ["model.protocol=zero"], "few_shot": ["model.protocol=few"]}
