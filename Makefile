@@ -9,7 +9,7 @@ RESULTS ?= results
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: reproduce test lint dataset notebooks nbval lock clean-venv
+.PHONY: reproduce test test-fast lint dataset notebooks nbval lock clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo ">> creating $(VENV) and installing the pinned stack (about 2 minutes, once)"
@@ -30,7 +30,13 @@ reproduce: $(STAMP)
 ##       workers, each taking whole files (tests/conftest.py orders the longest first)
 test: $(STAMP)
 	$(BIN)/ruff check aaclip data_prep tests
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests ; rc=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests ; \
+	  rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+## test-fast: the edit-test loop: no notebooks, no learning or other slow tests
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not notebooks" \
+	  --durations=10 tests ; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
