@@ -298,7 +298,7 @@ def test_03_stage2_patch_alignment(workspace, held_out):
     # the baseline maps here share AA-CLIP's frozen backbone: same numbers as notebook 01
     first = summary(workspace, "01_anomaly_unawareness")["pixel_auroc"]
     for cls, v in s["pixel_auroc_clip"].items():
-        assert v == pytest.approx(first[cls], abs=1e-9)
+        assert v == pytest.approx(first[cls], abs=1e-6)
 
 
 def test_04_zero_shot_benchmark(workspace):
@@ -317,7 +317,8 @@ def test_04_zero_shot_benchmark(workspace):
     third = summary(workspace, "03_stage2_patch_alignment")["pixel_auroc_aaclip"]
     industrial = [third[c] for c in ("grass", "coins", "moon")]
     got = s["means"]["AA-CLIP"]["synthetic-industrial"]["pixel_auroc"]
-    assert got == pytest.approx(sum(industrial) / 3, abs=1e-9)
+    # summaries hold 6 significant digits: a mean of rounded values is within 1e-6
+    assert got == pytest.approx(sum(industrial) / 3, abs=2e-6)
     # Fig. 4 in quick mode: 2-shot and the quick default (8-shot), mean over the two sets
     assert list(s["data_efficiency"]) == ["2", "8"]
     assert all(fraction(v) for d in s["data_efficiency"].values() for v in d.values())
@@ -406,7 +407,7 @@ def test_07_all_methods(workspace):
     # AA-CLIP here is notebook 04's run: the same numbers
     fourth = summary(workspace, "04_zero_shot_benchmark")["means"]["AA-CLIP"]
     expected = sum(fourth[d]["pixel_auroc"] for d in DATASETS) / 2
-    assert s["means"]["AA-CLIP"]["pixel_auroc"] == pytest.approx(expected, abs=1e-9)
+    assert s["means"]["AA-CLIP"]["pixel_auroc"] == pytest.approx(expected, abs=2e-6)
     assert s["beside_published_rows"] == 14 * len(s["methods"]) and s["published_matched"] == 0
     selection = pd.read_csv(
         workspace["results"] / "tables" / "07_all_methods_checkpoint_selection.csv"
