@@ -48,7 +48,8 @@ notebooks: $(STAMP)
 
 ## nbval: only nbval over the committed notebooks (smoke quick, in a scratch folder)
 nbval: $(STAMP)
-	@d=$$(mktemp -d); AACLIP_ROOT=$$d AACLIP_QUICK=1 OMP_NUM_THREADS=1 \
+	@d=$$(mktemp -d); env -u MKL_ENABLE_INSTRUCTIONS AACLIP_ROOT=$$d AACLIP_QUICK=1 \
+	  OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 \
 	  PYDEVD_DISABLE_FILE_VALIDATION=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
 	  --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/*.ipynb; \
 	  rc=$$?; rm -rf $$d; exit $$rc

@@ -27,6 +27,21 @@ CHECK = "# NBVAL_CHECK_OUTPUT"  # first line of a cell whose output nbval compar
 # not about the notebook; cell output, warnings and errors still land in the executed file.
 KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg"}
+# The smoke notebooks run one kernel path on every x86-64 CPU with AVX2: ATen's AVX2 kernels
+# and MKL's AVX2 conditional-numerical-reproducibility branch, one thread. float64 alone does
+# not suffice: training is chaotic, so the last bits that AVX-512, AVX2 and scalar kernels
+# round differently grow to 1e-4 in a 20-epoch run. The cost is about 1.3x on an AVX-512 CPU.
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1"}
+UNPINNED = ("MKL_ENABLE_INSTRUCTIONS",)  # a user's restriction would pick another MKL branch
+
+
+def pin_kernels(env: dict | None = None) -> dict:
+    """`env` (default: this process's) with the portable kernel path of the smoke profile."""
+    env = os.environ if env is None else env
+    env.update(PORTABLE_KERNELS)
+    for key in UNPINNED:
+        env.pop(key, None)
+    return env
 
 
 def notebooks() -> list[Path]:
@@ -83,7 +98,7 @@ def run(profile: str, data: Path, results: Path, runs: Path, only: list[str] | N
     import papermill as pm
 
     if profile == "smoke":
-        os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny tensors: threads only add overhead
+        pin_kernels()  # the same digits on every CPU (see PORTABLE_KERNELS)
     os.environ.update(KERNEL_ENV)
     ensure_data(profile, data, results)
     executed = results / "executed"
@@ -206,8 +221,9 @@ def store_outputs(only: list[str] | None = None) -> int:
 
     selected = [nb for nb in notebooks() if not only or any(o in nb.stem for o in only)]
     with tempfile.TemporaryDirectory(prefix="aaclip-nbval-") as scratch:
-        env = {"AACLIP_ROOT": scratch, "AACLIP_QUICK": "1", "OMP_NUM_THREADS": "1", **KERNEL_ENV}
+        env = {"AACLIP_ROOT": scratch, "AACLIP_QUICK": "1", **KERNEL_ENV}
         os.environ.update(env)
+        pin_kernels()
         for path in selected:
             t0 = time.time()
             print(f">> {path.name} (smoke, quick)", flush=True)

@@ -22,6 +22,8 @@ import nbformat
 import pandas as pd
 import pytest
 
+from aaclip import reproduce
+
 pytestmark = pytest.mark.notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +58,8 @@ PARAMETERS = {
 CHECK = "# NBVAL_CHECK_OUTPUT"
 SMOKE_BANNER = "SMOKE PROFILE — tiny random CLIP on synthetic data"
 DATASETS = ["synthetic-industrial", "synthetic-medical"]
-KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+# the kernels of `make reproduce` and `make notebooks` (the pinned portable path)
+KERNEL_ENV = {**reproduce.KERNEL_ENV, **reproduce.PORTABLE_KERNELS}
 
 
 def fraction(x) -> bool:
@@ -164,6 +167,8 @@ def workspace(tmp_path_factory, synthetic_root):
         for key, value in KERNEL_ENV.items():
             mp.setenv(key, value)
         mp.setenv("MKL_NUM_THREADS", "1")
+        for key in reproduce.UNPINNED:
+            mp.delenv(key, raising=False)
         mp.delenv("AACLIP_WEIGHTS", raising=False)
         mp.delenv("AACLIP_QUICK", raising=False)
         mp.delenv("AACLIP_ROOT", raising=False)
@@ -441,7 +446,7 @@ def test_nbval_on_the_committed_notebooks(workspace):
     root, reusing the runs trained above) and compares each checked summary cell with the
     output stored in the file: the stored key numbers are what a quick smoke run prints."""
     pytest.importorskip("nbval")
-    env = dict(os.environ)
+    env = reproduce.pin_kernels(dict(os.environ))
     env.update(KERNEL_ENV)
     env.update({"AACLIP_ROOT": str(workspace["root"]), "AACLIP_QUICK": "1"})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
